@@ -1,0 +1,114 @@
+"""Chooses the kernel that runs an op for a given device and dtype.
+
+The choice is made per call, lazily: no backend is imported, compiled or probed
+until a tensor needs it. ``TORCHLPC_BACKEND`` (``numba``, ``triton`` or
+``reference``; unset or ``auto`` means automatic) forces one backend
+everywhere, which tests and benchmarks use; a forced backend that cannot run on
+the given tensors raises instead of falling back.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+BACKENDS = ("numba", "triton", "reference")
+ENV_VARIABLE = "TORCHLPC_BACKEND"
+
+
+@functools.lru_cache(maxsize=None)
+def _module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def requested_backend() -> str | None:
+    """The backend named by ``TORCHLPC_BACKEND``, or None for automatic."""
+    value = os.environ.get(ENV_VARIABLE, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"{ENV_VARIABLE}={value!r} is not a backend; expected one of "
+            f"{', '.join(BACKENDS)}, or unset/'auto' for automatic selection."
+        )
+    return value
+
+
+def _why_unusable(backend: str, device: torch.device) -> str | None:
+    """None if ``backend`` can run on tensors of ``device``, else the reason."""
+    if backend == "reference":
+        return None
+    if backend == "numba":
+        if device.type != "cpu":
+            return f"the numba backend runs on CPU tensors only, not on {device.type!r} tensors"
+        if not _module_available("numba"):
+            return "the numba backend needs the 'numba' package, which is not installed"
+        return None
+    if backend == "triton":
+        return "the triton backend is not part of this version of torchlpc yet"
+    raise AssertionError(backend)
+
+
+def select_backend(device: torch.device) -> str:
+    """The backend that runs an op on tensors of ``device``."""
+    forced = requested_backend()
+    if forced is not None:
+        reason = _why_unusable(forced, device)
+        if reason is not None:
+            raise RuntimeError(f"{ENV_VARIABLE}={forced} was requested, but {reason}.")
+        return forced
+    if device.type == "cpu" and _why_unusable("numba", device) is None:
+        return "numba"
+    return "reference"
+
+
+def _numpy(tensor: Tensor):
+    return tensor.detach().contiguous().numpy()
+
+
+def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
+    """Run the forward filter on the selected backend; inputs share dtype and device."""
+    backend = select_backend(x.device)
+    if backend == "numba":
+        from .kernels import cpu_numba
+
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if x.numel():
+            cpu_numba.allpole_fwd(_numpy(x), _numpy(A), _numpy(zi), y.numpy())
+        return y
+    with torch.no_grad():
+        return reference.allpole_reference(x, A, zi)
+
+
+def allpole_vjp(
+    grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the fused backward pass; ``grad_A`` is empty when ``need_A`` is false."""
+    backend = select_backend(grad_y.device)
+    if backend == "numba":
+        from .kernels import cpu_numba
+
+        grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+        grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
+        if need_A:
+            allocate = torch.zeros if A.shape[1] == 1 else torch.empty
+            grad_A = allocate(A.shape, dtype=A.dtype, device=A.device)
+        else:
+            grad_A = A.new_empty((0, 0, 0))
+        if grad_y.numel():
+            cpu_numba.allpole_vjp(
+                _numpy(grad_y), _numpy(A), _numpy(y), _numpy(zi),
+                grad_x.numpy(), grad_A.numpy(), grad_zi.numpy(), need_A,
+            )
+        return grad_x, grad_A, grad_zi
+    with torch.no_grad():
+        grad_x, grad_A, grad_zi = reference.allpole_vjp_reference(grad_y, A, y, zi)
+    if not need_A:
+        grad_A = A.new_empty((0, 0, 0))
+    return grad_x, grad_A, grad_zi

@@ -1,0 +1,273 @@
+"""The ``torchlpc`` custom ops: schema, fake kernels, autograd, forward AD, vmap.
+
+Two ops carry everything:
+
+``torchlpc::allpole(x, A, zi) -> y``
+    ``y[b, t] = x[b, t] - sum_i A[b, t, i-1] y[b, t-i]``, ``y[b, -1-k] = zi[b, k]``;
+    x ``(B, T)``, A ``(B, T, N)`` or time-invariant ``(B, 1, N)``, zi ``(B, N)``.
+``torchlpc::allpole_vjp(grad_y, A, y, zi, need_A) -> (grad_x, grad_A, grad_zi)``
+    the fused backward pass: the same filter run backwards in time, indexing A
+    along the shifted diagonal; ``grad_A`` is empty when ``need_A`` is false.
+
+The autograd kernels are ``torch.autograd.Function`` subclasses registered under
+the ``Autograd`` dispatch key (rather than ``torch.library.register_autograd``)
+because they also define ``jvp``: forward-mode AD needs it, and the dispatcher
+hides the Function from Dynamo, so ``torch.compile`` sees one opaque op.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _dispatch
+from ._adjoint import lagged_dot, lagged_outer, lagged_scatter
+
+_library = torch.library.Library("torchlpc", "DEF")
+_library.define("allpole(Tensor x, Tensor A, Tensor zi) -> Tensor")
+_library.define(
+    "allpole_vjp(Tensor grad_y, Tensor A, Tensor y, Tensor zi, bool need_A) "
+    "-> (Tensor, Tensor, Tensor)"
+)
+
+allpole = torch.ops.torchlpc.allpole.default
+allpole_vjp = torch.ops.torchlpc.allpole_vjp.default
+
+
+# ----------------------------------------------------------------------------
+# Shape contract, shared by the fake kernels and the real ones.
+
+
+def _check_operands(x: Tensor, A: Tensor, zi: Tensor) -> None:
+    torch._check(x.dim() == 2, lambda: f"torchlpc::allpole: x must be (B, T), got {tuple(x.shape)}")
+    torch._check(A.dim() == 3, lambda: f"torchlpc::allpole: A must be (B, T, N), got {tuple(A.shape)}")
+    torch._check(zi.dim() == 2, lambda: f"torchlpc::allpole: zi must be (B, N), got {tuple(zi.shape)}")
+    B, T = x.shape
+    torch._check(
+        A.shape[0] == B and (A.shape[1] == T or A.shape[1] == 1) and A.shape[2] >= 1,
+        lambda: f"torchlpc::allpole: A {tuple(A.shape)} does not match x {tuple(x.shape)}",
+    )
+    torch._check(
+        zi.shape[0] == B and zi.shape[1] == A.shape[2],
+        lambda: f"torchlpc::allpole: zi {tuple(zi.shape)} does not match A {tuple(A.shape)}",
+    )
+    torch._check(
+        x.dtype == A.dtype == zi.dtype,
+        lambda: f"torchlpc::allpole: dtypes differ: x {x.dtype}, A {A.dtype}, zi {zi.dtype}",
+    )
+
+
+def _empty_grad_A(A: Tensor) -> Tensor:
+    return A.new_empty((0, 0, 0))
+
+
+@torch.library.register_fake("torchlpc::allpole")
+def _allpole_fake(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
+    _check_operands(x, A, zi)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("torchlpc::allpole_vjp")
+def _allpole_vjp_fake(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool):
+    _check_operands(y, A, zi)
+    torch._check(grad_y.shape == y.shape, lambda: "torchlpc::allpole_vjp: grad_y and y differ in shape")
+    grad_A = torch.empty_like(A, memory_format=torch.contiguous_format) if need_A else _empty_grad_A(A)
+    return (
+        torch.empty_like(grad_y, memory_format=torch.contiguous_format),
+        grad_A,
+        torch.empty_like(zi, memory_format=torch.contiguous_format),
+    )
+
+
+def _allpole_kernel(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
+    _check_operands(x, A, zi)
+    return _dispatch.allpole(x, A, zi)
+
+
+def _allpole_vjp_kernel(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool):
+    _check_operands(y, A, zi)
+    return _dispatch.allpole_vjp(grad_y, A, y, zi, need_A)
+
+
+# One registration serves every device; _dispatch picks the kernel per device.
+_library.impl("allpole", _allpole_kernel, "CompositeExplicitAutograd")
+_library.impl("allpole_vjp", _allpole_vjp_kernel, "CompositeExplicitAutograd")
+
+
+# ----------------------------------------------------------------------------
+# Autograd.
+
+
+def _zeros_if_none(tangent: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if tangent is None else tangent
+
+
+def _below_autograd(op, *args):
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+class _AllpoleFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, A, zi):
+        return _below_autograd(allpole, x, A, zi)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, A, zi = inputs
+        ctx.save_for_backward(A, output, zi)
+        ctx.save_for_forward(A, output, zi)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        A, y, zi = ctx.saved_tensors
+        need_x, need_A, need_zi = ctx.needs_input_grad
+        grad_x, grad_A, grad_zi = filter_vjp_op(grad_y, A, y, zi, need_A)
+        return (
+            grad_x if need_x else None,
+            grad_A if need_A else None,
+            grad_zi if need_zi else None,
+        )
+
+    @staticmethod
+    def jvp(ctx, dx, dA, dzi):
+        # dy solves the same filter, driven by dx - sum_i dA[t, i-1] y[t-i], from state dzi.
+        A, y, zi = ctx.saved_tensors
+        drive = _zeros_if_none(dx, y)
+        if dA is not None:
+            drive = drive - lagged_dot(dA, y, zi)
+        return filter_op(drive, A, _zeros_if_none(dzi, zi))
+
+
+class _AllpoleVjpFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_y, A, y, zi, need_A):
+        return _below_autograd(allpole_vjp, grad_y, A, y, zi, need_A)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, A, y, zi, need_A = inputs
+        grad_x = output[0]
+        ctx.need_A = need_A
+        ctx.mark_non_differentiable(*([] if need_A else [output[1]]))
+        ctx.save_for_backward(A, y, zi, grad_x)
+        ctx.save_for_forward(A, y, zi, grad_x)
+
+    @staticmethod
+    def backward(ctx, cot_grad_x, cot_grad_A, cot_grad_zi):
+        A, y, zi, grad_x = ctx.saved_tensors
+        T, N = y.shape[-1], A.shape[-1]
+        time_invariant = A.shape[1] == 1
+        has_cot_A = ctx.need_A and cot_grad_A is not None
+        need_g, need_A, need_y, need_zi, _ = ctx.needs_input_grad
+
+        # The cotangent reaching grad_x, and the forward filter applied to it
+        # (started from the cotangent of grad_zi), give the grad_y and A parts.
+        drive = _zeros_if_none(cot_grad_x, grad_x)
+        if has_cot_A:
+            drive = drive - lagged_dot(cot_grad_A, y, zi)
+        h_state = _zeros_if_none(cot_grad_zi, zi)
+        h = filter_op(drive, A, h_state)
+        grad_A = -lagged_outer(grad_x, h, h_state, time_invariant) if need_A else None
+
+        grad_y_input = grad_zi_input = None
+        if has_cot_A and (need_y or need_zi):
+            grad_y_input, grad_zi_input = lagged_scatter(
+                -cot_grad_A.conj() * grad_x[..., None], T, N
+            )
+        elif need_y or need_zi:
+            grad_y_input, grad_zi_input = torch.zeros_like(y), torch.zeros_like(zi)
+        return h if need_g else None, grad_A, grad_y_input, grad_zi_input, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_y, dA, dy, dzi, _):
+        A, y, zi, grad_x = ctx.saved_tensors
+        T, N = y.shape[-1], A.shape[-1]
+        drive = _zeros_if_none(d_grad_y, grad_x)
+        lag_on_zi = None
+        if dA is not None:
+            lag_on_y, lag_on_zi = lagged_scatter(dA.conj() * grad_x[..., None], T, N)
+            drive = drive - lag_on_y
+        d_grad_x, d_grad_A, d_grad_zi = filter_vjp_op(drive, A, y, zi, ctx.need_A)
+        if ctx.need_A and (dy is not None or dzi is not None):
+            d_grad_A = d_grad_A - lagged_outer(
+                grad_x, _zeros_if_none(dy, y), _zeros_if_none(dzi, zi), A.shape[1] == 1
+            )
+        if lag_on_zi is not None:
+            d_grad_zi = d_grad_zi - lag_on_zi
+        return d_grad_x, d_grad_A, d_grad_zi
+
+
+def _wants_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _allpole_autograd(x, A, zi):
+    if not _wants_grad(x, A, zi):
+        return _below_autograd(allpole, x, A, zi)
+    return _AllpoleFunction.apply(x, A, zi)
+
+
+def _allpole_vjp_autograd(grad_y, A, y, zi, need_A):
+    if not _wants_grad(grad_y, A, y, zi):
+        return _below_autograd(allpole_vjp, grad_y, A, y, zi, need_A)
+    return _AllpoleVjpFunction.apply(grad_y, A, y, zi, need_A)
+
+
+_library.impl("allpole", _allpole_autograd, "Autograd")
+_library.impl("allpole_vjp", _allpole_vjp_autograd, "Autograd")
+
+
+# torch.func transforms (grad, vjp, jacrev, jvp...) cannot run an autograd.Function
+# from inside the dispatcher, so under them the Functions are applied directly;
+# everywhere else (eager autograd, torch.compile) the registered ops are called.
+
+
+def filter_op(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
+    """``torchlpc::allpole`` with autograd, usable under every transform."""
+    if torch._C._are_functorch_transforms_active():
+        return _AllpoleFunction.apply(x, A, zi)
+    return allpole(x, A, zi)
+
+
+def filter_vjp_op(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool):
+    """``torchlpc::allpole_vjp`` with autograd, usable under every transform."""
+    if torch._C._are_functorch_transforms_active():
+        return _AllpoleVjpFunction.apply(grad_y, A, y, zi, need_A)
+    return allpole_vjp(grad_y, A, y, zi, need_A)
+
+
+# ----------------------------------------------------------------------------
+# vmap: fold the vmapped dimension into the batch dimension.
+
+
+def _fold(tensor: Tensor, bdim: int | None, size: int) -> Tensor:
+    if bdim is None:
+        tensor = tensor.unsqueeze(0).expand(size, *tensor.shape)
+    else:
+        tensor = tensor.movedim(bdim, 0)
+    return tensor.reshape(size * tensor.shape[1], *tensor.shape[2:])
+
+
+def _unfold(tensor: Tensor, size: int) -> Tensor:
+    return tensor.reshape(size, tensor.shape[0] // size, *tensor.shape[1:])
+
+
+@torch.library.register_vmap("torchlpc::allpole")
+def _allpole_vmap(info, in_dims, x, A, zi):
+    size = info.batch_size
+    x, A, zi = (_fold(t, d, size) for t, d in zip((x, A, zi), in_dims))
+    return _unfold(allpole(x, A, zi), size), 0
+
+
+@torch.library.register_vmap("torchlpc::allpole_vjp")
+def _allpole_vjp_vmap(info, in_dims, grad_y, A, y, zi, need_A):
+    size = info.batch_size
+    grad_y, A, y, zi = (_fold(t, d, size) for t, d in zip((grad_y, A, y, zi), in_dims[:4]))
+    grad_x, grad_A, grad_zi = allpole_vjp(grad_y, A, y, zi, need_A)
+    grad_A = _unfold(grad_A, size) if need_A else grad_A
+    return (_unfold(grad_x, size), grad_A, _unfold(grad_zi, size)), (0, 0 if need_A else None, 0)

@@ -1,0 +1,1 @@
+"""Per-backend kernels. Each module is imported lazily by :mod:`torchlpc._dispatch`."""
