@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,6 +73,11 @@ def _numpy(tensor: Tensor):
     return tensor.detach().contiguous().numpy()
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The accumulator dtype for sums over time."""
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
     backend = select_backend(x.device)
@@ -80,7 +86,7 @@ def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
 
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         if x.numel():
-            cpu_numba.allpole_fwd(_numpy(x), _numpy(A), _numpy(zi), y.numpy())
+            cpu_numba.allpole_fwd_kernel(_numpy(x), _numpy(A), _numpy(zi), y.numpy())
         return y
     with torch.no_grad():
         return reference.allpole_reference(x, A, zi)
@@ -94,18 +100,32 @@ def allpole_vjp(
     if backend == "numba":
         from .kernels import cpu_numba
 
+        B, N = zi.shape
+        time_invariant = A.shape[1] == 1
         grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
         grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
-        if need_A:
-            allocate = torch.zeros if A.shape[1] == 1 else torch.empty
-            grad_A = allocate(A.shape, dtype=A.dtype, device=A.device)
-        else:
+        if not need_A:
             grad_A = A.new_empty((0, 0, 0))
+            kernel_grad_A = grad_A.numpy() if not time_invariant else np.empty((0, 0), np.float64)
+        elif time_invariant:
+            grad_A_wide = torch.zeros(B, N, dtype=_wide(A.dtype))
+            kernel_grad_A = grad_A_wide.numpy()
+        else:
+            grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
+            kernel_grad_A = grad_A.numpy()
         if grad_y.numel():
-            cpu_numba.allpole_vjp(
-                _numpy(grad_y), _numpy(A), _numpy(y), _numpy(zi),
-                grad_x.numpy(), grad_A.numpy(), grad_zi.numpy(), need_A,
-            )
+            if time_invariant:
+                cpu_numba.allpole_ti_vjp_kernel(
+                    _numpy(grad_y), _numpy(A[:, 0]), _numpy(y), _numpy(zi),
+                    grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
+                )
+            else:
+                cpu_numba.allpole_vjp_kernel(
+                    _numpy(grad_y), _numpy(A), _numpy(y), _numpy(zi),
+                    grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
+                )
+        if need_A and time_invariant:
+            grad_A = grad_A_wide.to(A.dtype)[:, None, :]
         return grad_x, grad_A, grad_zi
     with torch.no_grad():
         grad_x, grad_A, grad_zi = reference.allpole_vjp_reference(grad_y, A, y, zi)

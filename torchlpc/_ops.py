@@ -202,19 +202,11 @@ class _AllpoleVjpFunction(torch.autograd.Function):
         return d_grad_x, d_grad_A, d_grad_zi
 
 
-def _wants_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _allpole_autograd(x, A, zi):
-    if not _wants_grad(x, A, zi):
-        return _below_autograd(allpole, x, A, zi)
     return _AllpoleFunction.apply(x, A, zi)
 
 
 def _allpole_vjp_autograd(grad_y, A, y, zi, need_A):
-    if not _wants_grad(grad_y, A, y, zi):
-        return _below_autograd(allpole_vjp, grad_y, A, y, zi, need_A)
     return _AllpoleVjpFunction.apply(grad_y, A, y, zi, need_A)
 
 
