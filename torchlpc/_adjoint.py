@@ -32,23 +32,28 @@ def lagged_dot(A: Tensor, y: Tensor, zi: Tensor) -> Tensor:
 
 
 def lagged_outer(g: Tensor, y: Tensor, zi: Tensor, time_invariant: bool) -> Tensor:
-    """``out[t, i-1] = g[t] conj(y[t-i])``, summed over t when ``time_invariant``."""
+    """``out[t, i-1] = g[t] conj(y[t-i])``, summed over t when ``time_invariant``.
+
+    Built one lag at a time, so a time-invariant result never passes through a
+    ``(B, T, N)`` intermediate.
+    """
     T, N = y.shape[-1], zi.shape[-1]
-    # windows[t, j] = padded[t + j], i.e. y[t - (N - j)]: lags N..1, hence the flip.
-    windows = _padded(y, zi).unfold(-1, N, 1)[..., :T, :].flip(-1)
-    out = g[..., None] * windows.conj()
-    return out.sum(-2, keepdim=True) if time_invariant else out
+    padded = _padded(y, zi).conj()
+    lags = [g * padded[..., N - i : N - i + T] for i in range(1, N + 1)]
+    if time_invariant:
+        return torch.stack([lag.sum(-1) for lag in lags], dim=-1)[..., None, :]
+    return torch.stack(lags, dim=-1)
 
 
-def lagged_scatter(P: Tensor, T: int, N: int) -> tuple[Tensor, Tensor]:
-    """The transpose of the lag: ``out[s] = sum_{t - i = s} P[t, i-1]``.
+def lagged_scatter(weights: Tensor, g: Tensor, N: int) -> tuple[Tensor, Tensor]:
+    """The transpose of the lag: ``out[s] = sum_{t - i = s} weights[t, i-1] g[t]``.
 
     Returns the part landing on ``y`` (``s >= 0``, shape ``(B, T)``) and the part
     landing on the initial state (``zi[k]`` for ``s = -1 - k``, shape ``(B, N)``).
-    P may be ``(B, 1, N)`` for a time-invariant weight broadcast over time.
+    ``weights`` may be ``(B, 1, N)``, one row for every time step.
     """
-    batch = P.shape[:-2]
-    padded = P.new_zeros(*batch, N + T)
-    for i in range(1, N + 1):
-        padded[..., N - i : N - i + T] += P[..., i - 1]
+    # Out of place, so that vmap can batch it.
+    padded = sum(
+        torch.nn.functional.pad(weights[..., i - 1] * g, (N - i, i)) for i in range(1, N + 1)
+    )
     return padded[..., N:], padded[..., :N].flip(-1)

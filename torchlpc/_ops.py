@@ -160,7 +160,7 @@ class _AllpoleVjpFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, cot_grad_x, cot_grad_A, cot_grad_zi):
         A, y, zi, grad_x = ctx.saved_tensors
-        T, N = y.shape[-1], A.shape[-1]
+        N = A.shape[-1]
         time_invariant = A.shape[1] == 1
         has_cot_A = ctx.need_A and cot_grad_A is not None
         need_g, need_A, need_y, need_zi, _ = ctx.needs_input_grad
@@ -176,9 +176,7 @@ class _AllpoleVjpFunction(torch.autograd.Function):
 
         grad_y_input = grad_zi_input = None
         if has_cot_A and (need_y or need_zi):
-            grad_y_input, grad_zi_input = lagged_scatter(
-                -cot_grad_A.conj() * grad_x[..., None], T, N
-            )
+            grad_y_input, grad_zi_input = lagged_scatter(-cot_grad_A.conj(), grad_x, N)
         elif need_y or need_zi:
             grad_y_input, grad_zi_input = torch.zeros_like(y), torch.zeros_like(zi)
         return h if need_g else None, grad_A, grad_y_input, grad_zi_input, None
@@ -186,11 +184,11 @@ class _AllpoleVjpFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, d_grad_y, dA, dy, dzi, _):
         A, y, zi, grad_x = ctx.saved_tensors
-        T, N = y.shape[-1], A.shape[-1]
+        N = A.shape[-1]
         drive = _zeros_if_none(d_grad_y, grad_x)
         lag_on_zi = None
         if dA is not None:
-            lag_on_y, lag_on_zi = lagged_scatter(dA.conj() * grad_x[..., None], T, N)
+            lag_on_y, lag_on_zi = lagged_scatter(dA.conj(), grad_x, N)
             drive = drive - lag_on_y
         d_grad_x, d_grad_A, d_grad_zi = filter_vjp_op(drive, A, y, zi, ctx.need_A)
         if ctx.need_A and (dy is not None or dzi is not None):
