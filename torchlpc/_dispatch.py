@@ -13,7 +13,6 @@ import functools
 import importlib.util
 import os
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -78,6 +77,16 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
+# Below this many coefficient reads a call runs on one thread: waking numba's
+# pool costs more than it saves, and oversubscribes a machine already busy.
+_PARALLEL_MIN_WORK = 1 << 16
+
+
+def _numba_kernel(module, name: str, B: int, work: int):
+    parallel = B > 1 and work >= _PARALLEL_MIN_WORK
+    return getattr(module, f"{name}_{'parallel' if parallel else 'serial'}")
+
+
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
     backend = select_backend(x.device)
@@ -86,7 +95,8 @@ def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
 
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         if x.numel():
-            cpu_numba.allpole_fwd_kernel(_numpy(x), _numpy(A), _numpy(zi), y.numpy())
+            kernel = _numba_kernel(cpu_numba, "allpole_fwd", x.shape[0], x.numel() * A.shape[-1])
+            kernel(_numpy(x), _numpy(A), _numpy(zi), y.numpy())
         return y
     with torch.no_grad():
         return reference.allpole_reference(x, A, zi)
@@ -106,7 +116,12 @@ def allpole_vjp(
         grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
         if not need_A:
             grad_A = A.new_empty((0, 0, 0))
-            kernel_grad_A = grad_A.numpy() if not time_invariant else np.empty((0, 0), np.float64)
+            # Never written, but typed like the real thing (and indexable by
+            # batch row) so that one compiled kernel serves both cases.
+            placeholder_dtype = _wide(A.dtype) if time_invariant else A.dtype
+            kernel_grad_A = torch.empty(
+                (B, 0) if time_invariant else (B, 0, 0), dtype=placeholder_dtype
+            ).numpy()
         elif time_invariant:
             grad_A_wide = torch.zeros(B, N, dtype=_wide(A.dtype))
             kernel_grad_A = grad_A_wide.numpy()
@@ -114,16 +129,12 @@ def allpole_vjp(
             grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
             kernel_grad_A = grad_A.numpy()
         if grad_y.numel():
-            if time_invariant:
-                cpu_numba.allpole_ti_vjp_kernel(
-                    _numpy(grad_y), _numpy(A[:, 0]), _numpy(y), _numpy(zi),
-                    grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
-                )
-            else:
-                cpu_numba.allpole_vjp_kernel(
-                    _numpy(grad_y), _numpy(A), _numpy(y), _numpy(zi),
-                    grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
-                )
+            name = "allpole_ti_vjp" if time_invariant else "allpole_vjp"
+            kernel = _numba_kernel(cpu_numba, name, B, grad_y.numel() * N)
+            kernel(
+                _numpy(grad_y), _numpy(A[:, 0] if time_invariant else A), _numpy(y), _numpy(zi),
+                grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
+            )
         if need_A and time_invariant:
             grad_A = grad_A_wide.to(A.dtype)[:, None, :]
         return grad_x, grad_A, grad_zi

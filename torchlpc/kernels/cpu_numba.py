@@ -1,7 +1,8 @@
 """Numba kernels for CPU tensors.
 
-Every kernel works on C-contiguous NumPy views of the op's tensors, writes into
-preallocated outputs and runs in parallel over the batch. They are compiled on
+Every kernel works on C-contiguous NumPy views of the op's tensors and writes
+into preallocated outputs, one batch row at a time, in parallel over the batch or
+serially for small inputs. They are compiled on
 first use (``cache=True`` keeps the machine code on disk), never at import.
 
 The forward kernel gathers: ``y[t]`` is ``x[t]`` minus the dot product of the
@@ -21,114 +22,153 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, parallel=True, nogil=True, fastmath={"reassoc", "contract"})
+_FASTMATH = {"reassoc", "contract"}
+_sequential = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+_parallel = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
 
 
-@_jit
-def allpole_fwd_kernel(x, A, zi, y):
-    """A is (B, T, N), or (B, 1, N) for a time-invariant filter."""
-    B, T = x.shape
-    N = A.shape[2]
-    step = 0 if A.shape[1] == 1 else 1
+@_sequential
+def _allpole_fwd_row(x, A, zi, y):
+    """One sequence: x (T,), A (T, N) or (1, N) for a time-invariant filter."""
+    T = x.shape[0]
+    N = A.shape[1]
+    step = 0 if A.shape[0] == 1 else 1
     head = min(N, T)
-    for b in numba.prange(B):
-        # The first N samples reach back into the initial state.
-        for t in range(head):
-            row = A[b, t * step]
-            acc = x[b, t]
-            for i in range(1, t + 1):
-                acc -= row[i - 1] * y[b, t - i]
-            for i in range(t + 1, N + 1):
-                acc -= row[i - 1] * zi[b, i - t - 1]
-            y[b, t] = acc
-        if head == T:
-            continue
-        # The most recent outputs stay in registers and enter the sum last, so
-        # the loop-carried dependency is a few multiply-adds long; the older
-        # terms form a vectorised dot product that does not wait on them. A
-        # vector load overlapping the latest scalar stores would also stall on
-        # store forwarding, which keeping eight outputs in registers avoids.
-        if N >= 8:
-            y1, y2, y3, y4 = y[b, N - 1], y[b, N - 2], y[b, N - 3], y[b, N - 4]
-            y5, y6, y7, y8 = y[b, N - 5], y[b, N - 6], y[b, N - 7], y[b, N - 8]
-            for t in range(N, T):
-                row = A[b, t * step]
-                older = x[b, t]
-                for i in range(9, N + 1):
-                    older -= row[i - 1] * y[b, t - i]
-                recent = row[7] * y8 + row[6] * y7 + row[5] * y6 + row[4] * y5
-                value = older - recent - (row[3] * y4 + row[2] * y3) - row[1] * y2 - row[0] * y1
-                y[b, t] = value
-                y8, y7, y6, y5, y4, y3, y2, y1 = y7, y6, y5, y4, y3, y2, y1, value
-        elif N >= 2:
-            y1, y2 = y[b, N - 1], y[b, N - 2]
-            for t in range(N, T):
-                row = A[b, t * step]
-                older = x[b, t]
-                for i in range(3, N + 1):
-                    older -= row[i - 1] * y[b, t - i]
-                value = older - row[1] * y2 - row[0] * y1
-                y[b, t] = value
-                y2, y1 = y1, value
+    # The first N samples reach back into the initial state.
+    for t in range(head):
+        row = A[t * step]
+        acc = x[t]
+        for i in range(1, t + 1):
+            acc -= row[i - 1] * y[t - i]
+        for i in range(t + 1, N + 1):
+            acc -= row[i - 1] * zi[i - t - 1]
+        y[t] = acc
+    if head == T:
+        return
+    # The most recent outputs stay in registers and enter the sum last, so
+    # the loop-carried dependency is a few multiply-adds long; the older
+    # terms form a vectorised dot product that does not wait on them. A
+    # vector load overlapping the latest scalar stores would also stall on
+    # store forwarding, which keeping eight outputs in registers avoids.
+    if N >= 8:
+        y1, y2, y3, y4 = y[N - 1], y[N - 2], y[N - 3], y[N - 4]
+        y5, y6, y7, y8 = y[N - 5], y[N - 6], y[N - 7], y[N - 8]
+        for t in range(N, T):
+            row = A[t * step]
+            older = x[t]
+            for i in range(9, N + 1):
+                older -= row[i - 1] * y[t - i]
+            recent = row[7] * y8 + row[6] * y7 + row[5] * y6 + row[4] * y5
+            value = older - recent - (row[3] * y4 + row[2] * y3) - row[1] * y2 - row[0] * y1
+            y[t] = value
+            y8, y7, y6, y5, y4, y3, y2, y1 = y7, y6, y5, y4, y3, y2, y1, value
+    elif N >= 2:
+        y1, y2 = y[N - 1], y[N - 2]
+        for t in range(N, T):
+            row = A[t * step]
+            older = x[t]
+            for i in range(3, N + 1):
+                older -= row[i - 1] * y[t - i]
+            value = older - row[1] * y2 - row[0] * y1
+            y[t] = value
+            y2, y1 = y1, value
+    else:
+        y1 = y[0]
+        for t in range(1, T):
+            y1 = x[t] - A[t * step, 0] * y1
+            y[t] = y1
+
+
+@_sequential
+def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+    """One sequence; grad_zi must arrive zeroed."""
+    T = grad_y.shape[0]
+    N = A.shape[1]
+    for t in range(T):
+        grad_x[t] = grad_y[t]
+    for s in range(T - 1, -1, -1):
+        g = grad_x[s]
+        if s >= N:
+            for i in range(1, N + 1):
+                grad_x[s - i] -= np.conj(A[s, i - 1]) * g
+            if need_A:
+                for i in range(1, N + 1):
+                    grad_A[s, i - 1] = -g * np.conj(y[s - i])
         else:
-            y1 = y[b, 0]
-            for t in range(1, T):
-                y1 = x[b, t] - A[b, t * step, 0] * y1
-                y[b, t] = y1
-
-
-@_jit
-def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
-    """grad_zi must arrive zeroed."""
-    B, T = grad_y.shape
-    N = A.shape[2]
-    for b in numba.prange(B):
-        for t in range(T):
-            grad_x[b, t] = grad_y[b, t]
-        for s in range(T - 1, -1, -1):
-            g = grad_x[b, s]
-            if s >= N:
-                for i in range(1, N + 1):
-                    grad_x[b, s - i] -= np.conj(A[b, s, i - 1]) * g
-                if need_A:
-                    for i in range(1, N + 1):
-                        grad_A[b, s, i - 1] = -g * np.conj(y[b, s - i])
-            else:
+            for i in range(1, s + 1):
+                grad_x[s - i] -= np.conj(A[s, i - 1]) * g
+            for i in range(s + 1, N + 1):
+                grad_zi[i - s - 1] -= np.conj(A[s, i - 1]) * g
+            if need_A:
                 for i in range(1, s + 1):
-                    grad_x[b, s - i] -= np.conj(A[b, s, i - 1]) * g
+                    grad_A[s, i - 1] = -g * np.conj(y[s - i])
                 for i in range(s + 1, N + 1):
-                    grad_zi[b, i - s - 1] -= np.conj(A[b, s, i - 1]) * g
-                if need_A:
-                    for i in range(1, s + 1):
-                        grad_A[b, s, i - 1] = -g * np.conj(y[b, s - i])
-                    for i in range(s + 1, N + 1):
-                        grad_A[b, s, i - 1] = -g * np.conj(zi[b, i - s - 1])
+                    grad_A[s, i - 1] = -g * np.conj(zi[i - s - 1])
 
 
-@_jit
-def allpole_ti_vjp_kernel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
-    """grad_zi and grad_a must arrive zeroed; grad_a may be wider than a."""
-    B, T = grad_y.shape
-    N = a.shape[1]
-    for b in numba.prange(B):
-        conj_coefficients = np.conj(a[b])
-        for t in range(T):
-            grad_x[b, t] = grad_y[b, t]
-        for s in range(T - 1, -1, -1):
-            g = grad_x[b, s]
-            if s >= N:
+@_sequential
+def _allpole_ti_vjp_row(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+    """One sequence, a (N,); grad_zi and grad_a must arrive zeroed, grad_a may be wider."""
+    T = grad_y.shape[0]
+    N = a.shape[0]
+    conj_coefficients = np.conj(a)
+    for t in range(T):
+        grad_x[t] = grad_y[t]
+    for s in range(T - 1, -1, -1):
+        g = grad_x[s]
+        if s >= N:
+            for i in range(1, N + 1):
+                grad_x[s - i] -= conj_coefficients[i - 1] * g
+            if need_A:
                 for i in range(1, N + 1):
-                    grad_x[b, s - i] -= conj_coefficients[i - 1] * g
-                if need_A:
-                    for i in range(1, N + 1):
-                        grad_a[b, i - 1] -= g * np.conj(y[b, s - i])
-            else:
+                    grad_a[i - 1] -= g * np.conj(y[s - i])
+        else:
+            for i in range(1, s + 1):
+                grad_x[s - i] -= conj_coefficients[i - 1] * g
+            for i in range(s + 1, N + 1):
+                grad_zi[i - s - 1] -= conj_coefficients[i - 1] * g
+            if need_A:
                 for i in range(1, s + 1):
-                    grad_x[b, s - i] -= conj_coefficients[i - 1] * g
+                    grad_a[i - 1] -= g * np.conj(y[s - i])
                 for i in range(s + 1, N + 1):
-                    grad_zi[b, i - s - 1] -= conj_coefficients[i - 1] * g
-                if need_A:
-                    for i in range(1, s + 1):
-                        grad_a[b, i - 1] -= g * np.conj(y[b, s - i])
-                    for i in range(s + 1, N + 1):
-                        grad_a[b, i - 1] -= g * np.conj(zi[b, i - s - 1])
+                    grad_a[i - 1] -= g * np.conj(zi[i - s - 1])
+
+
+# Each kernel comes in two drivers: parallel over the batch, and serial for
+# inputs too small to repay waking the thread pool.
+
+
+@_parallel
+def allpole_fwd_parallel(x, A, zi, y):
+    for b in numba.prange(x.shape[0]):
+        _allpole_fwd_row(x[b], A[b], zi[b], y[b])
+
+
+@_sequential
+def allpole_fwd_serial(x, A, zi, y):
+    for b in range(x.shape[0]):
+        _allpole_fwd_row(x[b], A[b], zi[b], y[b])
+
+
+@_parallel
+def allpole_vjp_parallel(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+    for b in numba.prange(grad_y.shape[0]):
+        _allpole_vjp_row(grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_zi[b], need_A)
+
+
+@_sequential
+def allpole_vjp_serial(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+    for b in range(grad_y.shape[0]):
+        _allpole_vjp_row(grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_zi[b], need_A)
+
+
+@_parallel
+def allpole_ti_vjp_parallel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+    for b in numba.prange(grad_y.shape[0]):
+        _allpole_ti_vjp_row(grad_y[b], a[b], y[b], zi[b], grad_x[b], grad_a[b], grad_zi[b], need_A)
+
+
+@_sequential
+def allpole_ti_vjp_serial(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+    for b in range(grad_y.shape[0]):
+        _allpole_ti_vjp_row(grad_y[b], a[b], y[b], zi[b], grad_x[b], grad_a[b], grad_zi[b], need_A)
