@@ -1,0 +1,181 @@
+"""``torch.nn`` modules built on the filters of :mod:`torchlpc`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .analysis import _UPSAMPLE_MODES, _check_positive_int, upsample_coefficients
+from .functional import _check_tensor, _shape, linear_recurrence, sample_wise_lpc
+
+__all__ = ["AllPoleSynthesis", "OnePoleSmoother"]
+
+
+class AllPoleSynthesis(nn.Module):
+    r"""Time-varying all-pole synthesis from frame-wise LPC coefficients.
+
+    .. math::
+        y[t] = e[t] - \sum_{i=1}^{N} A[t, i-1]\, y[t-i],
+        \qquad A[t] = \mathrm{upsample}(A_{\text{frames}})[t]
+
+    The frame-wise coefficients are brought to the sample rate by
+    :func:`torchlpc.analysis.upsample_coefficients` (frame ``f`` at sample
+    ``f * hop_length``) and the excitation is filtered by
+    :func:`torchlpc.sample_wise_lpc`. An excitation of ``T`` samples takes
+    ``F = ceil(T / hop_length)`` frames, which is what
+    :func:`torchlpc.analysis.lpc_analysis` gives for a signal of ``T`` samples. The
+    module has no parameters; to keep a learned filter stable, predict
+    reflection coefficients through ``tanh`` and convert them with
+    :func:`torchlpc.coefficients.reflection_to_lpc`.
+
+    Args:
+        hop_length: samples between frames.
+        mode: interpolation between frames, ``"linear"``, ``"reflection"`` (keeps
+            interpolated filters stable) or ``"hold"``; see
+            :func:`torchlpc.analysis.upsample_coefficients`. Default: ``"linear"``.
+
+    Shape:
+        - excitation: ``(*, T)``
+        - frame_coefficients: ``(*, F, N)`` with ``F = ceil(T / hop_length)``
+        - zi: ``(*, N)``, ``zi[..., k] = y[-1-k]``
+        - output: ``(*, T)``, and zf: ``(*, N)``
+
+    Example:
+        >>> import torch
+        >>> from torchlpc.nn import AllPoleSynthesis
+        >>> synth = AllPoleSynthesis(hop_length=4)
+        >>> excitation = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0]])
+        >>> frames = torch.tensor([[[-0.5], [-0.5]]])   # y[t] = e[t] + 0.5 y[t-1]
+        >>> synth(excitation, frames)
+        tensor([[1.0000, 0.5000, 0.2500, 0.1250, 0.0625, 0.0312, 0.0156, 0.0078]])
+    """
+
+    def __init__(self, hop_length: int, mode: str = "linear") -> None:
+        super().__init__()
+        _check_positive_int("AllPoleSynthesis", "hop_length", hop_length)
+        if mode not in _UPSAMPLE_MODES:
+            raise ValueError(
+                f"AllPoleSynthesis: mode must be one of {', '.join(_UPSAMPLE_MODES)}; got {mode!r}."
+            )
+        self.hop_length = hop_length
+        self.mode = mode
+
+    def forward(
+        self,
+        excitation: Tensor,
+        frame_coefficients: Tensor,
+        zi: Tensor | None = None,
+        return_zf: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Filter ``excitation``; with ``return_zf`` also return the final state ``(*, N)``."""
+        name = "AllPoleSynthesis"
+        _check_tensor(name, "excitation", excitation)
+        _check_tensor(name, "frame_coefficients", frame_coefficients)
+        if excitation.dim() < 1:
+            raise ValueError(
+                f"{name}: excitation must have shape (*, T), got a 0-dimensional tensor."
+            )
+        T = excitation.shape[-1]
+        F = math.ceil(T / self.hop_length)
+        if (
+            frame_coefficients.dim() != excitation.dim() + 1
+            or frame_coefficients.shape[:-2] != excitation.shape[:-1]
+            or frame_coefficients.shape[-2] != F
+        ):
+            expected = ", ".join([*(str(size) for size in excitation.shape[:-1]), str(F), "N"])
+            raise ValueError(
+                f"{name}: frame_coefficients must have shape (*, F, N) = ({expected}) for "
+                f"excitation {_shape(excitation)} and "
+                f"hop_length {self.hop_length} (F = ceil(T / hop_length)); got "
+                f"{_shape(frame_coefficients)}."
+            )
+        A = upsample_coefficients(frame_coefficients, self.hop_length, self.mode, length=T)
+        return sample_wise_lpc(excitation, A, zi, return_zf=return_zf)
+
+    def extra_repr(self) -> str:
+        return f"hop_length={self.hop_length}, mode={self.mode!r}"
+
+
+class OnePoleSmoother(nn.Module):
+    r"""A one-pole lowpass with unit DC gain and a fixed or learnable pole.
+
+    .. math::
+        y[t] = p\, y[t-1] + (1 - p)\, x[t], \qquad p = \sigma(\theta) \in (0, 1)
+
+    The pole is stored as its logit ``theta``, so gradient steps can never make
+    the filter unstable; the recurrence runs on :func:`torchlpc.linear_recurrence`.
+    The time constant is ``-1 / log(p)`` samples.
+
+    Args:
+        pole: initial pole ``p``, strictly between 0 and 1: a float, or a tensor
+            of poles that broadcasts to the batch shape of the input, e.g. ``(C,)``,
+            one pole per channel, for input ``(B, C, T)``. Default: ``0.9``.
+        learnable: make ``theta`` an ``nn.Parameter``; otherwise it is a buffer.
+            Default: ``True``.
+
+    Shape:
+        - x: ``(*, T)``
+        - zi: ``(*)``, the value of ``y[-1]``
+        - output: ``(*, T)``
+
+    Example:
+        >>> import torch
+        >>> from torchlpc.nn import OnePoleSmoother
+        >>> smoother = OnePoleSmoother(pole=0.5, learnable=False)
+        >>> smoother(torch.ones(1, 4))
+        tensor([[0.5000, 0.7500, 0.8750, 0.9375]])
+    """
+
+    def __init__(self, pole: float | Tensor = 0.9, learnable: bool = True) -> None:
+        super().__init__()
+        name = "OnePoleSmoother"
+        if isinstance(pole, Tensor):
+            if pole.is_complex() or not pole.is_floating_point():
+                raise TypeError(
+                    f"{name}: pole must be a real floating point tensor, got {pole.dtype}."
+                )
+            pole = pole.detach().clone()
+        elif isinstance(pole, (float, int)) and not isinstance(pole, bool):
+            pole = torch.tensor(float(pole))
+        else:
+            raise TypeError(f"{name}: pole must be a float or a tensor, got {type(pole).__name__}.")
+        if not bool(((pole > 0) & (pole < 1)).all()):
+            raise ValueError(
+                f"{name}: pole must lie strictly between 0 and 1, got {pole.tolist()}."
+            )
+        logit = torch.logit(pole)
+        if learnable:
+            self.logit = nn.Parameter(logit)
+        else:
+            self.register_buffer("logit", logit)
+
+    @property
+    def pole(self) -> Tensor:
+        """The pole ``p = sigmoid(logit)``."""
+        return torch.sigmoid(self.logit)
+
+    def forward(self, x: Tensor, zi: Tensor | None = None) -> Tensor:
+        """Smooth ``x`` along its last dimension, starting from ``y[-1] = zi`` (default 0)."""
+        name = "OnePoleSmoother"
+        _check_tensor(name, "x", x)
+        if x.dim() < 1:
+            raise ValueError(f"{name}: x must have shape (*, T), got a 0-dimensional tensor.")
+        batch = x.shape[:-1]
+        p = self.pole.to(x.dtype)
+        try:
+            shape = torch.broadcast_shapes(p.shape, batch)
+        except RuntimeError:
+            shape = None
+        if shape != batch:
+            raise ValueError(
+                f"{name}: the pole {_shape(p)} does not broadcast to the batch shape "
+                f"{tuple(batch)} of x {_shape(x)}."
+            )
+        p = p.expand(batch)[..., None]
+        return linear_recurrence(p, (1 - p) * x, zi)
+
+    def extra_repr(self) -> str:
+        shape = tuple(self.logit.shape)
+        return f"pole shape={shape}, learnable={isinstance(self.logit, nn.Parameter)}"
