@@ -209,13 +209,6 @@ def test_vmap_matches_batch():
     torch.testing.assert_close(mapped, lfilter(b, a, x), **TOL[torch.float64])
 
 
-# Complex, time-invariant a that needs no gradient meets a numba typing error in the
-# core's fused backward (a float64 placeholder for grad_A); see the report to the lead.
-_CORE_COMPLEX_TI_BUG = pytest.mark.xfail(
-    reason="core: numba allpole_ti_vjp_kernel gets a float64 grad_A placeholder for complex A",
-    strict=False,
-)
-
 ALL = ("b", "a", "x", "x_past", "y_past")
 # (inputs requiring grad, time-varying coefficients, B, T, fast_mode, dtype); fast mode
 # checks random projections of the Jacobian, the full mode every entry (float64 only,
@@ -237,9 +230,7 @@ GRAD_CASES = [
 
 
 @pytest.mark.parametrize("wrt, varying, B, T, fast, dtype", GRAD_CASES)
-def test_gradcheck(wrt, varying, B, T, fast, dtype, request):
-    if dtype.is_complex and not varying and "a" not in wrt:
-        request.applymarker(_CORE_COMPLEX_TI_BUG)
+def test_gradcheck(wrt, varying, B, T, fast, dtype):
     g = torch.Generator().manual_seed(6)
     M, N = 2, 3
     inputs = {
