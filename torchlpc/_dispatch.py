@@ -1,10 +1,13 @@
 """Chooses the kernel that runs an op for a given device and dtype.
 
 The choice is made per call, lazily: no backend is imported, compiled or probed
-until a tensor needs it. ``TORCHLPC_BACKEND`` (``numba``, ``triton`` or
-``reference``; unset or ``auto`` means automatic) forces one backend
-everywhere, which tests and benchmarks use; a forced backend that cannot run on
-the given tensors raises instead of falling back.
+until a tensor needs it. Automatic choice: numba kernels for CPU tensors, Triton
+kernels for real CUDA tensors, and the pure-PyTorch chunked algorithm for
+everything else (complex CUDA tensors, MPS, XPU, ...). ``TORCHLPC_BACKEND``
+(``numba``, ``triton``, ``chunked`` or ``reference``; unset or ``auto`` means
+automatic) forces one backend everywhere, which tests and benchmarks use; a
+forced backend that cannot run on the given tensors raises instead of falling
+back. ``reference`` is the plain loop over time of :mod:`torchlpc.reference`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import Tensor
 
 from . import reference
 
-BACKENDS = ("numba", "triton", "reference")
+BACKENDS = ("numba", "triton", "chunked", "reference")
 ENV_VARIABLE = "TORCHLPC_BACKEND"
 
 
@@ -40,9 +43,11 @@ def requested_backend() -> str | None:
     return value
 
 
-def _why_unusable(backend: str, device: torch.device) -> str | None:
-    """None if ``backend`` can run on tensors of ``device``, else the reason."""
-    if backend == "reference":
+def _why_unusable(
+    backend: str, device: torch.device, dtype: torch.dtype | None = None
+) -> str | None:
+    """None if ``backend`` can run on tensors of ``device`` and ``dtype``, else the reason."""
+    if backend in ("reference", "chunked"):
         return None
     if backend == "numba":
         if device.type != "cpu":
@@ -51,21 +56,27 @@ def _why_unusable(backend: str, device: torch.device) -> str | None:
             return "the numba backend needs the 'numba' package, which is not installed"
         return None
     if backend == "triton":
-        return "the triton backend is not part of this version of torchlpc yet"
+        if not _module_available("triton"):
+            return "the triton backend needs the 'triton' package, which is not installed"
+        from .kernels import cuda_triton
+
+        return cuda_triton.why_unusable(device, dtype)
     raise AssertionError(backend)
 
 
-def select_backend(device: torch.device) -> str:
-    """The backend that runs an op on tensors of ``device``."""
+def select_backend(device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs an op on tensors of ``device`` and ``dtype``."""
     forced = requested_backend()
     if forced is not None:
-        reason = _why_unusable(forced, device)
+        reason = _why_unusable(forced, device, dtype)
         if reason is not None:
             raise RuntimeError(f"{ENV_VARIABLE}={forced} was requested, but {reason}.")
         return forced
     if device.type == "cpu" and _why_unusable("numba", device) is None:
         return "numba"
-    return "reference"
+    if device.type == "cuda" and _why_unusable("triton", device, dtype) is None:
+        return "triton"
+    return "chunked"
 
 
 def _numpy(tensor: Tensor):
@@ -89,7 +100,15 @@ def _numba_kernel(module, name: str, B: int, work: int):
 
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
-    backend = select_backend(x.device)
+    backend = select_backend(x.device, x.dtype)
+    if backend == "triton":
+        from .kernels import cuda_triton
+
+        return cuda_triton.allpole(x, A, zi)
+    if backend == "chunked":
+        from .kernels import chunked
+
+        return chunked.allpole(x, A, zi)
     if backend == "numba":
         from .kernels import cpu_numba
 
@@ -106,7 +125,15 @@ def allpole_vjp(
     grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the fused backward pass; ``grad_A`` is empty when ``need_A`` is false."""
-    backend = select_backend(grad_y.device)
+    backend = select_backend(grad_y.device, grad_y.dtype)
+    if backend == "triton":
+        from .kernels import cuda_triton
+
+        return cuda_triton.allpole_vjp(grad_y, A, y, zi, need_A)
+    if backend == "chunked":
+        from .kernels import chunked
+
+        return chunked.allpole_vjp(grad_y, A, y, zi, need_A)
     if backend == "numba":
         from .kernels import cpu_numba
 

@@ -1,0 +1,278 @@
+"""The Triton kernels (torchlpc.kernels.cuda_triton) against the reference loops.
+
+On a machine without CUDA the kernels run on CPU tensors in Triton's
+interpreter. Triton reads TRITON_INTERPRET when a kernel is defined, that is
+when cuda_triton is first imported, so it is switched on here, at collection,
+before any test imports the kernels (``setdefault``: an explicit setting wins;
+it stays set for the session, where only Triton reads it). The interpreter runs
+a few hundred time steps a second, hence the tiny shapes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from torchlpc.kernels import cuda_triton  # noqa: E402
+from torchlpc.reference import allpole_reference, allpole_vjp_reference  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+UNUSABLE = cuda_triton.why_unusable(DEVICE)
+requires_kernels = pytest.mark.skipif(
+    UNUSABLE is not None, reason=f"Triton kernels cannot run: {UNUSABLE}"
+)
+
+# Largest error allowed, relative to the largest magnitude of the float64
+# reference (a filter's small outputs carry the absolute error of its large ones).
+TOLERANCES = {torch.float64: 1e-11, torch.float32: 2e-5}
+
+
+def stable_coefficients(B, T, N, radius, generator):
+    """Real rows ``(B, T, N)`` of a stable all-pole filter with slowly drifting pole pairs."""
+    free = (N + 1) // 2
+
+    def uniform(*shape):
+        return torch.rand(*shape, generator=generator, dtype=torch.float64)
+
+    t = torch.arange(T, dtype=torch.float64)[:, None]
+    phase = 2 * math.pi * uniform(B, 1, free)
+    drift = 1 - 0.025 * (1 + torch.sin(t / 80 + phase))
+    modulus = radius * (0.5 + 0.5 * uniform(B, 1, free)) * drift
+    angle = math.pi * uniform(B, 1, free) + 0.05 * torch.sin(t / 110 + phase)
+    poles = torch.polar(modulus, angle)
+    poles = torch.cat([poles, poles.conj()], dim=-1)[..., :N]
+    if N % 2:
+        poles[..., N // 2] = poles[..., N // 2].real.to(poles.dtype)
+    coefficients = torch.zeros(B, T, N + 1, dtype=torch.complex128)
+    coefficients[..., 0] = 1
+    for k in range(N):
+        coefficients[..., 1:] -= poles[..., k : k + 1] * coefficients[..., :-1].clone()
+    return coefficients[..., 1:].real.contiguous()
+
+
+def make_inputs(B, T, N, time_invariant, radius=0.9, seed=0):
+    """float64 ``x, A, zi, grad_y`` on the CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    A = stable_coefficients(B, 1 if time_invariant else T, N, radius, generator)
+    x, zi, grad_y = (
+        torch.randn(*shape, generator=generator, dtype=torch.float64)
+        for shape in ((B, T), (B, N), (B, T))
+    )
+    return x, A, zi, grad_y
+
+
+def assert_close(actual, expected):
+    assert actual.shape == expected.shape
+    assert actual.device.type == DEVICE.type
+    tolerance = TOLERANCES[actual.dtype]
+    actual = actual.cpu().to(expected.dtype)
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    error = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert error <= tolerance * max(scale, 1.0), (error, scale)
+
+
+def run(B, T, N, time_invariant, dtype, need_A=True, radius=0.9, seed=0, **variant):
+    """Run both kernels on the test device and compare with the float64 reference."""
+    x, A, zi, grad_y = make_inputs(B, T, N, time_invariant, radius, seed)
+    y_ref = allpole_reference(x, A, zi)
+    grad_x_ref, grad_A_ref, grad_zi_ref = allpole_vjp_reference(grad_y, A, y_ref, zi)
+
+    x_d, A_d, zi_d, grad_y_d, y_ref_d = (t.to(DEVICE, dtype) for t in (x, A, zi, grad_y, y_ref))
+    y = cuda_triton.allpole(x_d, A_d, zi_d, **variant)
+    assert y.dtype == dtype and y.is_contiguous()
+    assert_close(y, y_ref)
+
+    grad_x, grad_A, grad_zi = cuda_triton.allpole_vjp(
+        grad_y_d, A_d, y_ref_d, zi_d, need_A, **variant
+    )
+    assert grad_x.dtype == grad_zi.dtype == dtype
+    assert_close(grad_x, grad_x_ref)
+    assert_close(grad_zi, grad_zi_ref)
+    if need_A:
+        assert grad_A.dtype == dtype
+        assert_close(grad_A, grad_A_ref)
+    else:
+        assert grad_A.shape == (0, 0, 0)
+
+
+SEQUENTIAL = {"variant": "sequential"}
+
+
+def chunks_of(L):
+    return {"variant": "chunked", "chunk_size": L}
+
+
+# (B, T, N, time_invariant, variant)
+CASES = [
+    pytest.param(2, 1, 3, False, SEQUENTIAL, id="seq-T1"),
+    pytest.param(2, 2, 5, False, SEQUENTIAL, id="seq-T_below_N"),
+    pytest.param(2, 9, 1, False, SEQUENTIAL, id="seq-N1"),
+    pytest.param(2, 11, 5, False, SEQUENTIAL, id="seq-N5_padded_block"),
+    pytest.param(2, 13, 3, False, chunks_of(4), id="chunked-partial_chunk_of_1"),
+    pytest.param(2, 12, 3, False, chunks_of(4), id="chunked-whole_chunks"),
+    pytest.param(2, 11, 5, False, chunks_of(2), id="chunked-chunk_below_N"),
+    pytest.param(1, 6, 2, False, chunks_of(1), id="chunked-chunk_of_1"),
+    pytest.param(2, 10, 1, False, chunks_of(3), id="chunked-N1"),
+    pytest.param(2, 1, 3, False, chunks_of(4), id="chunked-T1"),
+    pytest.param(1, 3, 5, False, chunks_of(2), id="chunked-T_below_N"),
+    pytest.param(2, 1, 3, True, SEQUENTIAL, id="ti-seq-T1"),
+    pytest.param(2, 11, 5, True, SEQUENTIAL, id="ti-seq-N5"),
+    pytest.param(2, 13, 3, True, chunks_of(4), id="ti-chunked-partial_chunk"),
+    pytest.param(2, 11, 5, True, chunks_of(2), id="ti-chunked-chunk_below_N"),
+    pytest.param(2, 10, 1, True, chunks_of(3), id="ti-chunked-N1"),
+    pytest.param(1, 3, 5, True, chunks_of(2), id="ti-chunked-T_below_N"),
+]
+
+
+@requires_kernels
+@pytest.mark.parametrize("B, T, N, time_invariant, variant", CASES)
+def test_float64_matches_reference(B, T, N, time_invariant, variant):
+    run(B, T, N, time_invariant, torch.float64, **variant)
+
+
+@requires_kernels
+@pytest.mark.parametrize(
+    "B, T, N, time_invariant, variant",
+    [
+        pytest.param(2, 11, 5, False, SEQUENTIAL, id="seq"),
+        pytest.param(2, 13, 3, False, chunks_of(4), id="chunked"),
+        pytest.param(2, 13, 3, True, SEQUENTIAL, id="ti-seq"),
+        pytest.param(2, 11, 5, True, chunks_of(2), id="ti-chunked"),
+    ],
+)
+def test_float32_matches_reference(B, T, N, time_invariant, variant):
+    run(B, T, N, time_invariant, torch.float32, **variant)
+
+
+@requires_kernels
+@pytest.mark.parametrize(
+    "time_invariant, variant",
+    [
+        pytest.param(False, SEQUENTIAL, id="seq"),
+        pytest.param(False, chunks_of(3), id="chunked"),
+        pytest.param(True, chunks_of(3), id="ti-chunked"),
+    ],
+)
+def test_without_grad_A(time_invariant, variant):
+    run(2, 8, 3, time_invariant, torch.float64, need_A=False, **variant)
+
+
+@requires_kernels
+def test_automatic_variant():
+    run(1, 20, 3, False, torch.float64)
+
+
+@requires_kernels
+def test_chunked_float32_as_accurate_as_sequential():
+    # Order 16, poles up to 0.99: chunk transition matrices dwarf the states they
+    # carry. They are kept in float64, so chunking costs no accuracy; in float32
+    # this case loses more than a digit.
+    x, A, zi, grad_y = make_inputs(1, 64, 16, False, radius=0.99, seed=2)
+    y_ref = allpole_reference(x, A, zi)
+    expected = [y_ref, *allpole_vjp_reference(grad_y, A, y_ref, zi)]
+    x32, A32, zi32, grad_y32, y32 = (t.to(DEVICE, torch.float32) for t in (x, A, zi, grad_y, y_ref))
+
+    def worst_error(variant):
+        results = [
+            cuda_triton.allpole(x32, A32, zi32, **variant),
+            *cuda_triton.allpole_vjp(grad_y32, A32, y32, zi32, True, **variant),
+        ]
+        return max(
+            ((r.cpu().double() - e).abs().max() / e.abs().max()).item()
+            for r, e in zip(results, expected)
+        )
+
+    assert worst_error(chunks_of(16)) <= 4 * worst_error(SEQUENTIAL)
+
+
+@requires_kernels
+@pytest.mark.parametrize("variant", [SEQUENTIAL, chunks_of(3)], ids=["seq", "chunked"])
+def test_strided_inputs(variant):
+    x, A, zi, grad_y = make_inputs(2, 8, 3, False)
+    y_ref = allpole_reference(x, A, zi)
+    expected = allpole_vjp_reference(grad_y, A, y_ref, zi)
+
+    def strided(t):
+        # Same values, every other element of a buffer twice the size.
+        t = t.to(DEVICE)
+        return torch.stack([t, torch.full_like(t, float("nan"))], dim=-1)[..., 0]
+
+    A_columns = A.to(DEVICE).transpose(1, 2).contiguous().transpose(1, 2)
+    args = (strided(x), A_columns, strided(zi))
+    assert_close(cuda_triton.allpole(*args, **variant), y_ref)
+    grad_y, y_ref = strided(grad_y), strided(y_ref)
+    grads = cuda_triton.allpole_vjp(grad_y, A_columns, y_ref, args[2], True, **variant)
+    for actual, wanted in zip(grads, expected):
+        assert_close(actual, wanted)
+
+
+@requires_kernels
+def test_empty_time_axis():
+    x = torch.zeros(2, 0, dtype=torch.float64, device=DEVICE)
+    A = torch.zeros(2, 1, 3, dtype=torch.float64, device=DEVICE)
+    zi = torch.randn(2, 3, dtype=torch.float64, device=DEVICE)
+    assert cuda_triton.allpole(x, A, zi).shape == (2, 0)
+    grad_x, grad_A, grad_zi = cuda_triton.allpole_vjp(x, A, x, zi, True)
+    assert grad_x.shape == (2, 0)
+    assert grad_A.shape == (2, 1, 3) and not grad_A.any()
+    assert grad_zi.shape == (2, 3) and not grad_zi.any()
+
+
+@requires_kernels
+def test_complex_is_refused_before_launch():
+    x = torch.zeros(1, 4, dtype=torch.complex128, device=DEVICE)
+    A = torch.zeros(1, 4, 2, dtype=torch.complex128, device=DEVICE)
+    zi = torch.zeros(1, 2, dtype=torch.complex128, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="complex"):
+        cuda_triton.allpole(x, A, zi)
+    with pytest.raises(NotImplementedError, match="complex"):
+        cuda_triton.allpole_vjp(x, A, x, zi, True)
+
+
+@pytest.mark.parametrize(
+    "device, dtype, expected",
+    [
+        pytest.param("mps", None, "CUDA", id="mps"),
+        pytest.param("xpu", torch.float32, "CUDA", id="xpu"),
+        pytest.param(DEVICE.type, torch.complex64, "complex", id="complex"),
+    ],
+)
+def test_why_unusable_explains(device, dtype, expected):
+    reason = cuda_triton.why_unusable(torch.device(device), dtype)
+    assert reason is not None
+    assert expected in reason or "not installed" in reason
+
+
+def test_imports_and_explains_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    spec = importlib.util.spec_from_file_location("_without_triton", cuda_triton.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "not installed" in module.why_unusable(torch.device("cuda"))
+
+
+@pytest.mark.parametrize(
+    "B, T, N, expected",
+    [
+        pytest.param(1, 1 << 16, 8, "chunked", id="one_long_row"),
+        pytest.param(1, 100, 8, "sequential", id="short"),
+        pytest.param(1, 1 << 16, 64, "sequential", id="high_order"),
+        pytest.param(1 << 20, 1 << 12, 8, "sequential", id="large_batch"),
+    ],
+)
+def test_choose_triton_variant(B, T, N, expected):
+    variant, L = cuda_triton.choose_triton_variant(B, T, N, DEVICE)
+    assert variant == expected
+    if variant == "sequential":
+        assert L == T
+    else:
+        assert 64 <= L < T and L & (L - 1) == 0
