@@ -1,0 +1,126 @@
+"""The benchmark cases: what is measured, apart from how it is timed.
+
+A case is a plain record (it travels to the worker processes as JSON). Shapes
+follow the library: a signal ``x (B, T)``, coefficients ``A (B, T, N)``, or
+``A (B, 1, N)`` for a time-invariant filter, and a state ``zi (B, N)``; the
+``linear_recurrence`` cases use ``a (B, T)``, ``x (B, T)`` and ``zi (B,)``.
+
+The byte counts here are the least memory traffic any implementation needs:
+every input read once and every result written once (the model of the
+"fraction of the bandwidth limit" column in the report).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import zlib
+from dataclasses import asdict, dataclass
+
+__all__ = ["Case", "FULL_CASES", "QUICK_CASES", "select_cases"]
+
+_ITEMSIZE = {"float32": 4, "float64": 8}
+
+ALLPOLE = "allpole"
+LINEAR_RECURRENCE = "linear_recurrence"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem size: an op, a shape, a dtype."""
+
+    group: str
+    op: str
+    B: int
+    T: int
+    N: int
+    dtype: str = "float32"
+    time_invariant: bool = False
+
+    @property
+    def name(self) -> str:
+        kind = {ALLPOLE: "ti" if self.time_invariant else "tv", LINEAR_RECURRENCE: "lr"}[self.op]
+        shape = (
+            f"{self.B}x{self.T}" if self.op == LINEAR_RECURRENCE else f"{self.B}x{self.T}x{self.N}"
+        )
+        return f"{kind}-{self.dtype.replace('float', 'f')}-{shape}"
+
+    @property
+    def seed(self) -> int:
+        """A seed derived from the name, so every worker builds the same inputs."""
+        return zlib.crc32(self.name.encode())
+
+    @property
+    def samples(self) -> int:
+        return self.B * self.T
+
+    def _sizes(self) -> dict[str, int]:
+        """Element counts of every tensor an implementation must read or write."""
+        B, T, N = self.B, self.T, self.N
+        if self.op == LINEAR_RECURRENCE:
+            coefficients, state = B * T, B
+        else:
+            coefficients, state = B * (1 if self.time_invariant else T) * N, B * N
+        return {"x": B * T, "A": coefficients, "zi": state, "y": B * T}
+
+    def min_bytes(self, mode: str) -> int:
+        """Least bytes moved: ``forward`` reads x, A, zi and writes y; ``backward``
+        (forward and backward together) adds reading grad_y, A, y and writing
+        grad_x, grad_A, grad_zi."""
+        n = self._sizes()
+        forward = n["x"] + n["A"] + n["zi"] + n["y"]
+        backward = (n["y"] + n["A"] + n["y"]) + (n["x"] + n["A"] + n["zi"])
+        total = forward if mode == "forward" else forward + backward
+        return total * _ITEMSIZE[self.dtype]
+
+    def necessary_bytes(self) -> int:
+        """Bytes of everything that must exist at the end of forward+backward:
+        inputs x, A, zi and the incoming grad_y, the output y and the gradients
+        grad_x, grad_A, grad_zi."""
+        n = self._sizes()
+        return 2 * (n["x"] + n["A"] + n["zi"] + n["y"]) * _ITEMSIZE[self.dtype]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "name": self.name, "seed": self.seed, "samples": self.samples}
+
+
+def _allpole(group, shapes, dtype="float32", time_invariant=False):
+    return [Case(group, ALLPOLE, B, T, N, dtype, time_invariant) for B, T, N in shapes]
+
+
+_TIME_VARYING = [
+    (1, 16384, 2),
+    (8, 16384, 2),
+    (64, 16384, 2),
+    (8, 16384, 16),
+    (64, 4096, 16),
+    (16, 44100, 32),
+    (256, 2048, 8),
+    (32, 65536, 16),
+]
+
+FULL_CASES: list[Case] = [
+    *_allpole("time-varying", _TIME_VARYING),
+    *_allpole("time-invariant", [(1, 2**20, 2), (64, 16384, 8)], time_invariant=True),
+    *[Case("linear recurrence", LINEAR_RECURRENCE, B, T, 1) for B, T in [(64, 16384), (1, 2**20)]],
+    *_allpole("time-varying float64", _TIME_VARYING, dtype="float64"),
+]
+
+# Small enough to run in seconds; one case of every kind, awkward sizes included.
+QUICK_CASES: list[Case] = [
+    *_allpole("time-varying", [(2, 300, 2), (3, 257, 5)]),
+    *_allpole("time-invariant", [(2, 513, 3)], time_invariant=True),
+    Case("linear recurrence", LINEAR_RECURRENCE, 2, 301, 1),
+    *_allpole("time-varying float64", [(2, 300, 2)], dtype="float64"),
+]
+
+
+def select_cases(patterns: list[str] | None, quick: bool = False) -> list[Case]:
+    """The registry, or the cases whose name matches one of the shell-style patterns."""
+    cases = QUICK_CASES if quick else FULL_CASES
+    if not patterns:
+        return list(cases)
+    chosen = [case for case in cases if any(fnmatch.fnmatchcase(case.name, p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(case.name for case in cases)
+        raise ValueError(f"no case matches {' '.join(patterns)}; the cases are: {names}.")
+    return chosen

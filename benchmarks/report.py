@@ -1,0 +1,544 @@
+"""Turns a results file of ``benchmarks.run`` into BENCHMARKS.md and a throughput plot.
+
+    python -m benchmarks.report [--input benchmarks/results/latest.json]
+        [--markdown BENCHMARKS.md] [--plot benchmarks/results/throughput.png]
+        [--statistic median|min]
+
+The markdown is generated, never edited by hand: change this file instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+OURS = "torchlpc"
+PEER_LABELS = {
+    "torchlpc-0.7.2-cpp": "0.7.2 C++",
+    "torchlpc-0.7.2-numba": "0.7.2 numba",
+    "philtorch-0.7.0": "philtorch",
+    "scipy": "scipy",
+}
+DESCRIPTIONS = {
+    "torchlpc": "this checkout (`sample_wise_lpc`, `linear_recurrence`)",
+    "torchlpc-0.7.2-cpp": "torchlpc 0.7.2 built from its sdist, C++ extension "
+    "(`sample_wise_lpc`; order 1 through `torchlpc.recurrence.Recurrence`)",
+    "torchlpc-0.7.2-numba": "torchlpc 0.7.2 with its C++ extension blocked at import, "
+    "so it runs its numba fallback",
+    "philtorch-0.7.0": "philtorch 0.7.0 built from its sdist (`philtorch.lpv.allpole`, "
+    "`philtorch.lpv.linear_recurrence`)",
+    "scipy": "`scipy.signal.lfilter`, one call per batch row, float64, forward only "
+    "(time-invariant cases)",
+}
+MODE_TITLES = {"forward": "Forward", "backward": "Forward + backward (gradients of x, A, zi)"}
+GROUPS = ("time-varying", "time-invariant", "linear recurrence", "time-varying float64")
+MEMORY_RESOLUTION = 4 * 2**20  # below this, the RSS method cannot resolve a ratio
+
+
+def _title(mode: str) -> str:
+    """'Forward' or 'Forward + backward', without the gradient list."""
+    return MODE_TITLES[mode].split(" (")[0]
+
+
+def _shape(case: dict) -> str:
+    if case["op"] == "linear_recurrence":
+        return f"{case['B']}×{case['T']}"
+    t = "1" if case["time_invariant"] else str(case["T"])
+    label = f"{case['B']}×{case['T']}×{case['N']}"
+    return label + (f" (A: {case['B']}×{t}×{case['N']})" if case["time_invariant"] else "")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _time(case: dict, impl: str, mode: str, statistic: str) -> float | None:
+    """Milliseconds of one call: the median (or the minimum) of the timed calls."""
+    return case["results"].get(impl, {}).get(mode, {}).get(f"{statistic}_ms")
+
+
+def _why_missing(case: dict, impl: str, mode: str) -> str:
+    result = case["results"].get(impl)
+    if result is None:
+        return "not available"
+    if mode in result and "error" in result[mode]:
+        return result[mode]["error"]
+    if "error" in result:
+        return result["error"]
+    check = result.get("check")
+    if check and not check["ok"]:
+        return "failed the correctness check: " + ", ".join(
+            f"{name} {check['errors'][name]:.1e}" for name in check["failed"]
+        )
+    reason = (result.get("unsupported") or {}).get(mode)
+    return reason or "not measured"
+
+
+class Report:
+    def __init__(self, data: dict, statistic: str = "median"):
+        self.data = data
+        self.statistic = statistic
+        self.bandwidth = data["bandwidth"]["bytes_per_s"]
+        self.notes: dict[tuple[str, str, str], list[str]] = {}
+        self.available = [i for i, v in data["implementations"].items() if v["available"]]
+        self.peers = [i for i in self.available if i != OURS]
+
+    def time(self, case: dict, impl: str, mode: str) -> float | None:
+        return _time(case, impl, mode, self.statistic)
+
+    def note(self, impl: str, what: str, reason: str, case: dict) -> str:
+        """A footnote marker; one footnote per distinct reason, listing its cases."""
+        key = (impl, what, reason)
+        if key not in self.notes:
+            self.notes[key] = []
+        if case["name"] not in self.notes[key]:
+            self.notes[key].append(case["name"])
+        return f"[^{list(self.notes).index(key) + 1}]"
+
+    def footnotes(self) -> list[str]:
+        return [
+            f"[^{i + 1}]: {impl}, {what}: {reason} ({', '.join(cases)})"
+            for i, ((impl, what, reason), cases) in enumerate(self.notes.items())
+        ]
+
+    def cell_ratio(self, case: dict, impl: str, mode: str) -> str:
+        ours, theirs = self.time(case, OURS, mode), self.time(case, impl, mode)
+        if ours is None:
+            return "—"
+        if theirs is None:
+            if impl == "scipy" and (case["results"].get(impl, {}).get("unsupported") or {}).get(
+                mode
+            ):
+                return ""
+            return "—" + self.note(impl, _title(mode).lower(), _why_missing(case, impl, mode), case)
+        return f"{theirs / ours:.2f}×"
+
+    def mode_table(self, cases: list[dict], mode: str) -> list[str]:
+        peers = [p for p in self.peers if any(self.time(c, p, mode) is not None for c in cases)]
+        header = [
+            "case",
+            f"torchlpc ms ({self.statistic})",
+            "IQR",
+            "Msamples/s",
+            "of bandwidth limit",
+        ]
+        header += [f"vs {PEER_LABELS[p]}" for p in peers]
+        if any(c["dtype"] == "float64" for c in cases):
+            header.append("float64 / float32")
+        with_load = any(c.get("foreign_cpus") is not None for c in cases)
+        if with_load:
+            header.append("others' CPUs")
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for case in cases:
+            ours = self.time(case, OURS, mode)
+            if ours is None:
+                marker = self.note(
+                    OURS,
+                    _title(mode).lower(),
+                    _why_missing(case, OURS, mode),
+                    case,
+                )
+                row = [_shape(case), "—" + marker, "", "", ""]
+            else:
+                timing = case["results"][OURS][mode]
+                seconds = ours / 1e3
+                fraction = case["min_bytes"][mode] / seconds / self.bandwidth
+                spread = f"{(timing['q3_ms'] - timing['q1_ms']) / ours:.0%}"
+                row = [
+                    _shape(case),
+                    _ms(ours),
+                    spread,
+                    f"{case['samples'] / seconds / 1e6:.1f}",
+                    f"{fraction:.1%}",
+                ]
+            row += [self.cell_ratio(case, p, mode) for p in peers]
+            if "float64 / float32" in header:
+                twin = self.float32_twin(case)
+                if twin is not None and ours is not None and self.time(twin, OURS, mode):
+                    row.append(f"{ours / self.time(twin, OURS, mode):.2f}")
+                else:
+                    row.append("—")
+            if with_load:
+                foreign = case.get("foreign_cpus")
+                row.append("?" if foreign is None else f"{foreign:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+        return lines
+
+    def float32_twin(self, case: dict) -> dict | None:
+        for other in self.data["cases"]:
+            if other["dtype"] == "float32" and all(
+                other[k] == case[k] for k in ("op", "B", "T", "N", "time_invariant")
+            ):
+                return other
+        return None
+
+    def header(self, source: str) -> list[str]:
+        data, machine = self.data, self.data["machine"]
+        impls = data["implementations"]
+        ours = impls[OURS]["facts"]
+        started = datetime.datetime.fromisoformat(data["started"])
+        finished = datetime.datetime.fromisoformat(data["finished"])
+        bandwidth_runs = ", ".join(
+            f"{r['bytes_per_s'] / 1e9:.1f}" for r in data["bandwidth"]["runs"]
+        )
+        load = machine.get("load_average") or []
+        load_end = machine.get("load_average_end") or []
+        rows = [
+            (
+                "CPU",
+                f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs "
+                f"({machine['usable_cpus']} usable), "
+                f"{ours.get('cpu_capability', '?')} kernels in torch",
+            ),
+            (
+                "Threads",
+                f"{machine['threads']} (`torch.set_num_threads`, `NUMBA_NUM_THREADS`, "
+                "`OMP_NUM_THREADS`)",
+            ),
+            (
+                "Memory",
+                f"{machine['memory_gib']} GiB; copy bandwidth {self.bandwidth / 1e9:.1f} GB/s "
+                f"(best of the runs at start and end: {bandwidth_runs} GB/s)",
+            ),
+            ("Other processes", self.foreign_summary()),
+            (
+                "Load average (1 min)",
+                f"{load[0]:.2f} at start, {load_end[0]:.2f} at end" if load and load_end else "?",
+            ),
+            (
+                "Date",
+                f"{started:%Y-%m-%d %H:%M} UTC, the run took "
+                f"{(finished - started).total_seconds() / 60:.1f} min",
+            ),
+            ("Platform", f"{machine['platform']}, Python {machine['python']}"),
+            (
+                "torchlpc",
+                f"{ours['implementation']['version']}, revision {machine.get('revision') or '?'}, "
+                f"backend `{ours['implementation'].get('backend', '?')}`",
+            ),
+            (
+                "torch / numba / numpy",
+                f"{ours['torch']} / {ours.get('numba', '?')} / {ours['numpy']}",
+            ),
+        ]
+        if impls.get("scipy", {}).get("available"):
+            rows.append(("scipy", impls["scipy"]["facts"]["implementation"]["version"]))
+        for impl, info in impls.items():
+            if impl in (OURS, "scipy"):
+                continue
+            if info["available"]:
+                facts = info["facts"]
+                status = (
+                    f"{facts['implementation']['version']}, side environment with torch "
+                    f"{facts['torch']}, numba {facts.get('numba', '?')}"
+                )
+            else:
+                status = f"**not measured**: {info['reason']}"
+            rows.append((impl, status))
+        lines = [
+            "# Benchmarks",
+            "",
+            f"Generated by `python -m benchmarks.report` from `{source}`, written by "
+            f"`{data['command']}`. Do not edit by hand; rerun both to refresh.",
+            "",
+            "| machine | |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        return lines
+
+    def foreign_summary(self) -> str:
+        values = [
+            c["foreign_cpus"] for c in self.data["cases"] if c.get("foreign_cpus") is not None
+        ]
+        if not values:
+            return "not measured"
+        busy = sum(v >= 0.25 for v in values)
+        return (
+            f"used {statistics.median(values):.2f} CPUs during the median case, at most "
+            f"{max(values):.2f}; {busy} of {len(values)} cases ran beside more than a quarter "
+            "of a busy CPU (column *others' CPUs*); the times of those cases are inflated"
+        )
+
+    def targets(self) -> list[str]:
+        def ratios(peer, mode, keep):
+            out = []
+            for case in self.data["cases"]:
+                if case["group"] == "time-varying" and keep(case):
+                    ours, theirs = self.time(case, OURS, mode), self.time(case, peer, mode)
+                    if ours and theirs:
+                        out.append(theirs / ours)
+            return out
+
+        def fractions(mode):
+            return [
+                c["min_bytes"][mode] / (self.time(c, OURS, mode) / 1e3) / self.bandwidth
+                for c in self.data["cases"]
+                if self.time(c, OURS, mode)
+            ]
+
+        rows = []
+        for peer, label in (
+            ("torchlpc-0.7.2-cpp", "torchlpc 0.7.2 C++"),
+            ("philtorch-0.7.0", "philtorch"),
+        ):
+            for mode, goal, keep, which in (
+                ("forward", "≥ 2×", lambda c: c["N"] >= 8, "time-varying float32, N ≥ 8"),
+                ("backward", "≥ 5×", lambda c: True, "time-varying float32"),
+            ):
+                values = ratios(peer, mode, keep)
+                if peer != "torchlpc-0.7.2-cpp":
+                    goal = "(for comparison)"
+                summary = (
+                    f"{min(values):.2f}× / {statistics.median(values):.2f}× / {max(values):.2f}×"
+                    if values
+                    else "not measured"
+                )
+                rows.append(f"| {_title(mode)} vs {label} | {which} | {goal} | {summary} |")
+        for mode in ("forward", "backward"):
+            values = fractions(mode)
+            if values:
+                rows.append(
+                    f"| {_title(mode)}: fraction of the bandwidth limit | "
+                    f"every case | | {min(values):.1%} / {statistics.median(values):.1%} / "
+                    f"{max(values):.1%} |"
+                )
+        return [
+            "## Targets",
+            "",
+            f"Speed-ups are the peer's {self.statistic} time over ours; "
+            "min / median / max over the "
+            "cases named.",
+            "",
+            "| measure | cases | target | min / median / max |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+
+    def memory_table(self) -> list[str]:
+        impls = [i for i in self.available if i != "scipy"]
+        cases = [
+            c for c in self.data["cases"] if any("memory" in c["results"].get(i, {}) for i in impls)
+        ]
+        if not cases:
+            return []
+        lines = [
+            "## Peak memory of forward + backward",
+            "",
+            "Peak = inputs (x, A, zi, grad_y) + the growth of the worker's peak resident set "
+            "during one forward+backward; *necessary* = inputs + y + grad_x + grad_A + grad_zi. "
+            "Cells: peak MiB (peak / necessary). Cases needing less than "
+            f"{MEMORY_RESOLUTION // 2**20} MiB are below what this method resolves and show "
+            "MiB only.",
+            "",
+            "| case | necessary MiB | "
+            + " | ".join("torchlpc" if i == OURS else PEER_LABELS[i] for i in impls)
+            + " |",
+            "|" + "---|" * (2 + len(impls)),
+        ]
+        for case in cases:
+            row = [case["name"], f"{case['necessary_bytes'] / 2**20:.1f}"]
+            for impl in impls:
+                memory = case["results"].get(impl, {}).get("memory")
+                if memory is None:
+                    row.append("—")
+                elif "error" in memory:
+                    row.append("—" + self.note(impl, "peak memory", memory["error"], case))
+                elif case["necessary_bytes"] < MEMORY_RESOLUTION:
+                    row.append(f"{memory['peak_bytes'] / 2**20:.1f}")
+                else:
+                    row.append(
+                        f"{memory['peak_bytes'] / 2**20:.1f} ({memory['ratio_to_necessary']:.2f}×)"
+                    )
+            lines.append("| " + " | ".join(row) + " |")
+        return lines
+
+    def checks(self) -> list[str]:
+        worst: dict[str, float] = {}
+        failures = []
+        for case in self.data["cases"]:
+            for impl, result in case["results"].items():
+                check = result.get("check")
+                if not check:
+                    continue
+                worst[impl] = max(worst.get(impl, 0.0), max(check["errors"].values()))
+                if not check["ok"]:
+                    failures.append(f"{impl} on {case['name']} ({', '.join(check['failed'])})")
+        settings = self.data["check"]
+        tolerance = ", ".join(f"{k} {v:g}" for k, v in settings["tolerance"].items())
+        lines = [
+            "## Correctness check",
+            "",
+            "Before timing, every implementation ran each case on its first "
+            f"{settings['batch']} rows "
+            f"and {settings['samples']} samples; y and every gradient were compared with "
+            "`torchlpc.reference` (autograd through the reference loop, in float64). Largest "
+            "error |out − ref|max / |ref|max over all cases and outputs (tolerance by dtype: "
+            f"{tolerance}): "
+            + ", ".join(f"{impl} {value:.1e}" for impl, value in worst.items())
+            + ".",
+        ]
+        if failures:
+            lines += ["", "**Failed, so not timed:** " + "; ".join(failures) + "."]
+        return lines
+
+    def method(self) -> list[str]:
+        settings = self.data["settings"]
+        return [
+            "## Method",
+            "",
+            "- Each implementation runs in its own worker process (`benchmarks/worker.py`); the "
+            "peers in the side environment of `benchmarks/install_peers.sh`. Inputs are built "
+            "in the worker before timing, the same in every worker (seeded, poles inside radius "
+            "0.9 drifting slowly).",
+            f"- Per case and mode: {settings['warmup']} warm-up call(s), then up to "
+            f"{settings['repeat']} timed calls (at least {settings['min_repeat']}, aiming at "
+            f"{settings['budget']} s per implementation), taken in {settings['rounds']} rounds "
+            "with the implementations in rotating order, so that the machine's noise falls on "
+            "all of them. Each timed call is measured on its own; forward+backward is one "
+            "forward and `y.backward(grad_y)` with x, A, zi requiring gradients.",
+            "- Every core is one of our threads, so a single busy neighbour costs a 2-thread "
+            "kernel whole scheduler ticks at each synchronisation. Before each case the runner "
+            f"waits up to {settings.get('wait_quiet', 0):g} s for other processes to go idle, "
+            "and it records the CPU time used by processes outside the suite during the case "
+            "(`/proc/stat` less the suite's own processes): column *others' CPUs*.",
+            "- Time-invariant cases give torchlpc A of shape (B, 1, N); the peers get "
+            "`A.expand(B, T, N)` inside the timed call (what a user of theirs would write), and "
+            "autograd sums their (B, T, N) gradient back. scipy gets float64 arrays and its own "
+            "state form (`lfiltic`), prepared outside the timed calls.",
+            "- *Of bandwidth limit*: the least bytes any implementation must move (read x, A, zi "
+            "and write y; forward+backward adds reading grad_y, A, y and writing grad_x, grad_A, "
+            "grad_zi) over the time, divided by the copy bandwidth measured in the same run "
+            f"(`copy_` of a {settings['bandwidth_mib']} MiB float32 tensor, counting its read and "
+            "its write; the better of a measurement before and one after the cases).",
+            "- Peak memory: a separate worker per implementation, started with "
+            "`MALLOC_MMAP_THRESHOLD_=65536` so that every large block is its own mapping and is "
+            "returned when freed; after two warm-up runs the peak resident set is reset through "
+            "`/proc/self/clear_refs` and read back (`VmHWM`) after one forward+backward. Unlike "
+            "`torch.profiler`'s memory events, this also sees numpy and numba allocations, which "
+            "the 0.7.2 numba path makes.",
+        ]
+
+    def render(self, source: str, plot: str | None) -> str:
+        lines = self.header(source) + [""]
+        lines += ["| implementation | what runs |", "|---|---|"]
+        lines += [f"| {i} | {DESCRIPTIONS.get(i, '')} |" for i in self.data["implementations"]]
+        lines += [
+            "",
+            f"Times are the {self.statistic} of the timed calls. "
+            f"*vs X* columns: X's time over torchlpc's (above 1: torchlpc is faster). "
+            "*IQR*: interquartile range of torchlpc's timed calls over their median "
+            "(the machine's noise). *others' CPUs*: CPUs that processes outside the suite kept "
+            "busy, on average, while the case ran. *Msamples/s*: B·T / time. "
+            "*float64 / float32*: torchlpc's time against the same shape in float32.",
+        ]
+        if plot:
+            lines += ["", f"![throughput per case]({plot})"]
+        lines += [""] + self.targets()
+        for group in GROUPS:
+            cases = [c for c in self.data["cases"] if c["group"] == group]
+            if not cases:
+                continue
+            lines += ["", f"## {group[0].upper()}{group[1:]}"]
+            for mode in ("forward", "backward"):
+                if any(self.time(c, OURS, mode) is not None for c in cases):
+                    lines += ["", f"**{MODE_TITLES[mode]}**", ""] + self.mode_table(cases, mode)
+        memory = self.memory_table()
+        if memory:
+            lines += [""] + memory
+        lines += [""] + self.checks() + [""] + self.method()
+        if self.notes:
+            lines += [""] + self.footnotes()
+        return "\n".join(lines) + "\n"
+
+
+def plot_throughput(data: dict, path: Path, statistic: str = "median") -> str | None:
+    """Horizontal bars of samples per second, one panel per mode; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib); no plot written"
+    impls = [i for i, v in data["implementations"].items() if v["available"]]
+    cases = data["cases"]
+    height_inches = max(3.5, 1.6 + 0.16 * len(cases) * len(impls))
+    fig, axes = plt.subplots(1, 2, figsize=(13, height_inches), sharey=True)
+    height = 0.8 / len(impls)
+    for axis, mode in zip(axes, ("forward", "backward"), strict=True):
+        for k, impl in enumerate(impls):
+            ys, values = [], []
+            for row, case in enumerate(cases):
+                median = _time(case, impl, mode, statistic)
+                if median:
+                    ys.append(row + (k - (len(impls) - 1) / 2) * height)
+                    values.append(case["samples"] / (median / 1e3))
+            axis.barh(ys, values, height=height, color=f"C{k}", label=impl)
+        axis.set_xscale("log")
+        axis.set_title(_title(mode))
+        axis.set_xlabel("samples per second (higher is better)")
+        axis.grid(axis="x", which="both", alpha=0.3)
+    axes[0].set_yticks(range(len(cases)))
+    axes[0].set_yticklabels([c["name"] for c in cases], fontsize=8)
+    axes[0].invert_yaxis()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="upper center", ncol=len(impls), fontsize=8, bbox_to_anchor=(0.5, 0.97)
+    )
+    fig.suptitle(
+        f"torchlpc throughput, {data['machine']['cpu']}, {data['machine']['threads']} threads",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--input", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, help="default: throughput.png beside the input")
+    parser.add_argument(
+        "--statistic",
+        choices=("median", "min"),
+        default="median",
+        help="time of a case: the median of its timed calls (default) or the fastest",
+    )
+    args = parser.parse_args(argv)
+    if not args.input.exists():
+        print(f"{args.input} does not exist; run python -m benchmarks.run first", file=sys.stderr)
+        return 1
+    data = json.loads(args.input.read_text())
+    plot_path = args.plot or args.input.parent / "throughput.png"
+    problem = plot_throughput(data, plot_path, args.statistic)
+    if problem:
+        print(problem, file=sys.stderr)
+    markdown_dir = args.markdown.resolve().parent
+
+    def relative(path: Path) -> str:
+        return Path(os.path.relpath(path.resolve(), markdown_dir)).as_posix()
+
+    text = Report(data, args.statistic).render(
+        relative(args.input), None if problem else relative(plot_path)
+    )
+    args.markdown.write_text(text)
+    print(f"wrote {args.markdown}" + ("" if problem else f" and {plot_path}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark suite: a quick run without peers, then the report.
+
+    python -m benchmarks.selfcheck [--keep DIR]
+
+Runs ``python -m benchmarks.run --quick --no-peers --out DIR`` and
+``python -m benchmarks.report`` into DIR (a temporary directory unless --keep),
+then checks that torchlpc passed the correctness check and was timed forward and
+forward+backward on every quick case. Exit status 0 on success. Takes well under a
+minute; nothing outside DIR is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str) -> None:
+    command = [sys.executable, "-m", *args]
+    print("$ python", " ".join(command[1:]), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def check(out: Path) -> list[str]:
+    """Problems found in a quick run's output; empty when it is sound."""
+    problems = []
+    data = json.loads((out / "latest.json").read_text())
+    if not data["cases"]:
+        problems.append("no case was run")
+    for case in data["cases"]:
+        ours = case["results"].get("torchlpc", {})
+        if not ours.get("check", {}).get("ok"):
+            problems.append(f"{case['name']}: torchlpc did not pass the check ({ours})")
+        for mode in ("forward", "backward"):
+            if "median_ms" not in ours.get(mode, {}):
+                problems.append(f"{case['name']}: torchlpc has no {mode} time ({ours.get(mode)})")
+        if "peak_bytes" not in ours.get("memory", {}):
+            problems.append(f"{case['name']}: torchlpc has no peak memory ({ours.get('memory')})")
+    markdown = (out / "BENCHMARKS.md").read_text()
+    if "| case | torchlpc ms (median) |" not in markdown:
+        problems.append("BENCHMARKS.md has no timing table")
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.selfcheck", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--keep", type=Path, help="write into this directory and keep it")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="torchlpc-bench-selfcheck-") as scratch:
+        out = args.keep or Path(scratch)
+        _run("benchmarks.run", "--quick", "--no-peers", "--out", str(out))
+        _run(
+            "benchmarks.report",
+            "--input",
+            str(out / "latest.json"),
+            "--markdown",
+            str(out / "BENCHMARKS.md"),
+        )
+        problems = check(out)
+    for problem in problems:
+        print("selfcheck:", problem, file=sys.stderr)
+    print("selfcheck:", "FAILED" if problems else "ok")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
