@@ -88,16 +88,6 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
-# Below this many coefficient reads a call runs on one thread: waking numba's
-# pool costs more than it saves, and oversubscribes a machine already busy.
-_PARALLEL_MIN_WORK = 1 << 16
-
-
-def _numba_kernel(module, name: str, B: int, work: int):
-    parallel = B > 1 and work >= _PARALLEL_MIN_WORK
-    return getattr(module, f"{name}_{'parallel' if parallel else 'serial'}")
-
-
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
     backend = select_backend(x.device, x.dtype)
@@ -114,8 +104,10 @@ def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
 
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         if x.numel():
-            kernel = _numba_kernel(cpu_numba, "allpole_fwd", x.shape[0], x.numel() * A.shape[-1])
-            kernel(_numpy(x), _numpy(A), _numpy(zi), y.numpy())
+            cpu_numba.run_over_batch(
+                cpu_numba.allpole_fwd_kernel, x.numel() * A.shape[-1],
+                _numpy(x), _numpy(A), _numpy(zi), y.numpy(),
+            )
         return y
     with torch.no_grad():
         return reference.allpole_reference(x, A, zi)
@@ -156,9 +148,9 @@ def allpole_vjp(
             grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
             kernel_grad_A = grad_A.numpy()
         if grad_y.numel():
-            name = "allpole_ti_vjp" if time_invariant else "allpole_vjp"
-            kernel = _numba_kernel(cpu_numba, name, B, grad_y.numel() * N)
-            kernel(
+            kernel = cpu_numba.allpole_ti_vjp_kernel if time_invariant else cpu_numba.allpole_vjp_kernel
+            cpu_numba.run_over_batch(
+                kernel, grad_y.numel() * N,
                 _numpy(grad_y), _numpy(A[:, 0] if time_invariant else A), _numpy(y), _numpy(zi),
                 grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
             )

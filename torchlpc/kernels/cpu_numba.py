@@ -1,8 +1,8 @@
 """Numba kernels for CPU tensors.
 
 Every kernel works on C-contiguous NumPy views of the op's tensors and writes
-into preallocated outputs, one batch row at a time, in parallel over the batch or
-serially for small inputs. They are compiled on
+into preallocated outputs, one batch row at a time; :func:`run_over_batch` splits
+the batch over threads. They are compiled on
 first use (``cache=True`` keeps the machine code on disk), never at import.
 
 The forward kernel gathers: ``y[t]`` is ``x[t]`` minus the dot product of the
@@ -19,12 +19,16 @@ products vectorise; NaN and Inf still propagate.
 
 from __future__ import annotations
 
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
+import torch
 
 _FASTMATH = {"reassoc", "contract"}
 _sequential = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-_parallel = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, parallel=True)
 
 
 @_sequential
@@ -134,41 +138,73 @@ def _allpole_ti_vjp_row(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
                     grad_a[i - 1] -= g * np.conj(zi[i - s - 1])
 
 
-# Each kernel comes in two drivers: parallel over the batch, and serial for
-# inputs too small to repay waking the thread pool.
-
-
-@_parallel
-def allpole_fwd_parallel(x, A, zi, y):
-    for b in numba.prange(x.shape[0]):
-        _allpole_fwd_row(x[b], A[b], zi[b], y[b])
+# Drivers over the batch. They release the GIL, so run_over_batch can give each
+# Python worker thread a slice of the batch.
 
 
 @_sequential
-def allpole_fwd_serial(x, A, zi, y):
+def allpole_fwd_kernel(x, A, zi, y):
     for b in range(x.shape[0]):
         _allpole_fwd_row(x[b], A[b], zi[b], y[b])
 
 
-@_parallel
-def allpole_vjp_parallel(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
-    for b in numba.prange(grad_y.shape[0]):
-        _allpole_vjp_row(grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_zi[b], need_A)
-
-
 @_sequential
-def allpole_vjp_serial(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
     for b in range(grad_y.shape[0]):
         _allpole_vjp_row(grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_zi[b], need_A)
 
 
-@_parallel
-def allpole_ti_vjp_parallel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
-    for b in numba.prange(grad_y.shape[0]):
-        _allpole_ti_vjp_row(grad_y[b], a[b], y[b], zi[b], grad_x[b], grad_a[b], grad_zi[b], need_A)
-
-
 @_sequential
-def allpole_ti_vjp_serial(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+def allpole_ti_vjp_kernel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
     for b in range(grad_y.shape[0]):
         _allpole_ti_vjp_row(grad_y[b], a[b], y[b], zi[b], grad_x[b], grad_a[b], grad_zi[b], need_A)
+
+
+# Below this many coefficient reads a call runs on the calling thread alone:
+# handing work to other threads costs more than it saves.
+_PARALLEL_MIN_WORK = 1 << 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchlpc")
+        return _pool
+
+
+def run_over_batch(kernel, work: int, *arguments) -> None:
+    """Call ``kernel(*arguments)`` with the batch (axis 0 of every array) split over threads.
+
+    Up to ``torch.get_num_threads()`` threads, so that the CPU kernels follow PyTorch's
+    setting, take slices of the batch from a shared counter; the calling thread works
+    too and a helper that has not started by the time the work is gone is cancelled.
+    A busy machine therefore never makes a call wait for a thread that is not
+    scheduled. (numba's own ``parallel=True`` does: its OpenMP layer competes with
+    PyTorch's and a training loop of small steps ran 9-20x slower on a busy 2-core
+    machine, and its workqueue layer aborts the process when two threads launch
+    kernels at once.)
+    """
+    batch = arguments[0].shape[0]
+    threads = min(batch, torch.get_num_threads()) if work >= _PARALLEL_MIN_WORK else 1
+    if threads <= 1:
+        kernel(*arguments)
+        return
+    pieces = min(batch, 4 * threads)
+    bounds = [batch * k // pieces for k in range(pieces + 1)]
+    counter = itertools.count()
+
+    def drain() -> None:
+        for piece in iter(counter.__next__, None):
+            if piece >= pieces:
+                return
+            lo, hi = bounds[piece], bounds[piece + 1]
+            kernel(*(a[lo:hi] if isinstance(a, np.ndarray) else a for a in arguments))
+
+    helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)]
+    drain()
+    for helper in helpers:
+        if not helper.cancel():
+            helper.result()
