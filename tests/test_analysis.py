@@ -105,6 +105,23 @@ def test_gain_is_rms_of_frame_residual():
         torch.testing.assert_close(gain[0, f] ** 2, expected)
 
 
+def test_float32_sharp_resonances_stay_finite_and_stable():
+    # Two formants with poles at radius 0.999: in float32 arithmetic the recursion used
+    # to return NaN or unstable filters on many frames.
+    T, fs = 8000, 8000.0
+    t = torch.arange(T, dtype=torch.float64)
+    excitation = (t % 80 == 0).double()
+    poles = [0.999 * complex(math.cos(w), math.sin(w)) for w in (2 * math.pi * 700 / fs, 2 * math.pi * 1200 / fs)]
+    denominator = np.poly(poles + [p.conjugate() for p in poles]).real
+    signal = torch.from_numpy(scipy.signal.lfilter([1.0], denominator, excitation.numpy()))
+    A, gain = lpc_analysis(signal.float(), order=16, frame_length=400, hop_length=160)
+    assert A.dtype == gain.dtype == torch.float32
+    assert torch.isfinite(A).all() and torch.isfinite(gain).all()
+    assert is_stable(A.double()).all()
+    expected, _ = lpc_analysis(signal.float().double(), order=16, frame_length=400, hop_length=160)
+    torch.testing.assert_close(A.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_silent_frames_are_finite_and_differentiable():
     g = torch.Generator().manual_seed(1)
     x = _signal((2, 600), torch.float32, g)

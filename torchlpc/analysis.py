@@ -153,6 +153,9 @@ def lpc_analysis(
     ``eps`` acts as white noise of power ``eps`` added to every frame: a silent
     frame gives ``A = 0`` and gain ``sqrt(eps)`` instead of NaN, and the filters
     are stable. Differentiable with respect to ``x`` (and a tensor ``window``).
+    Single and half precision inputs are analysed in double precision (single on
+    MPS) and the results returned in the input's precision: the normal equations of
+    sharp resonances are too ill-conditioned for float32.
 
     Args:
         x: signal, real or complex.
@@ -202,7 +205,14 @@ def lpc_analysis(
         )
 
     dtype = x.dtype
-    if dtype in _COMPUTED_IN_FLOAT32:
+    real_dtype = torch.empty(0, dtype=dtype).real.dtype
+    # Autocorrelations of sharp resonances are ill-conditioned: in float32 the
+    # recursion can lose the sign of the error power and give NaN or unstable
+    # filters, so single and half precision are analysed in double precision
+    # (where the device has it).
+    if x.device.type != "mps" and dtype not in (torch.float64, torch.complex128):
+        x = x.to(torch.complex128 if x.is_complex() else torch.float64)
+    elif dtype in _COMPUTED_IN_FLOAT32:
         x = x.float()
     w = _window(name, window, frame_length, x)
     T = x.shape[-1]
@@ -236,9 +246,7 @@ def lpc_analysis(
     r = torch.stack(lags, dim=-1) / w.square().sum()
     A, error = levinson_durbin(r, order, eps=eps)
     gain = error.clamp_min(0).sqrt()
-    if dtype in _COMPUTED_IN_FLOAT32:
-        return A.to(dtype), gain.to(dtype)
-    return A, gain
+    return A.to(dtype), gain.to(real_dtype)
 
 
 def upsample_coefficients(
