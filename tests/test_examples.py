@@ -1,0 +1,149 @@
+"""Every script in examples/ runs with --quick and writes what it says it writes,
+and every Python code block in the documentation pages runs.
+
+Each example runs in a subprocess, as a user would start it, from the repository
+root with the repository on PYTHONPATH and its output directory in tmp_path. The
+DDP example runs under ``python -m torch.distributed.run`` with two processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+import torch.distributed
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DOCS = ROOT / "docs"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _gloo_missing() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_gloo_available())
+
+
+def _torchrun(script: str) -> list[str]:
+    # --standalone picks a free port, so parallel runs on one machine do not collide.
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script]
+
+
+# script, how to start it, files it must write to --out (None: it takes no --out and
+# writes nothing), seconds allowed (torch.compile's first compilation on a cold cache
+# takes most of its time).
+CASES = [
+    pytest.param(
+        "analysis_resynthesis.py",
+        None,
+        ("input.wav", "resynthesis.wav", "whisper.wav", "analysis_resynthesis.png"),
+        120,
+        id="analysis_resynthesis",
+    ),
+    pytest.param(
+        "learn_time_varying_filter.py",
+        None,
+        ("learn_time_varying_filter.png", "learn_time_varying_filter.json"),
+        120,
+        id="learn_time_varying_filter",
+    ),
+    pytest.param(
+        "envelope_follower.py",
+        None,
+        ("envelope_follower.png", "envelope_follower.json"),
+        120,
+        id="envelope_follower",
+    ),
+    pytest.param(
+        "compile_training.py",
+        None,
+        ("compile_training.json",),
+        300,
+        id="compile_training",
+    ),
+    pytest.param(
+        "ddp_training.py",
+        _torchrun,
+        ("ddp_training.json",),
+        180,
+        id="ddp_training",
+        marks=pytest.mark.skipif(
+            _gloo_missing(), reason="torch.distributed has no gloo backend here"
+        ),
+    ),
+    pytest.param("demo.py", None, None, 120, id="demo"),
+]
+
+
+def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["MPLBACKEND"] = "Agg"
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _check_file(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 0, f"{path.name} was not written"
+    if path.suffix == ".png":
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    elif path.suffix == ".wav":
+        with wave.open(str(path)) as f:
+            assert (f.getnchannels(), f.getsampwidth()) == (1, 2), f"{path.name}: not 16-bit mono"
+            assert f.getnframes() > 0, f"{path.name} has no samples"
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("script, launcher, files, timeout", CASES)
+def test_example_runs_quick(script, launcher, files, timeout, tmp_path):
+    path = EXAMPLES / script
+    if not path.exists():
+        pytest.skip(f"examples/{script} does not exist in this checkout")
+    relative = str(path.relative_to(ROOT))
+    args = [*(launcher(relative) if launcher else [relative]), "--quick"]
+    if files is not None:
+        args += ["--out", str(tmp_path)]
+    result = _run(args, timeout)
+    assert result.returncode == 0, (
+        f"examples/{script} --quick exited with {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
+    assert result.stdout.strip(), f"examples/{script} printed nothing"
+    for name in files or ():
+        _check_file(tmp_path / name)
+
+
+def test_every_example_is_run():
+    scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
+    listed = {case.values[0] for case in CASES}
+    assert scripts <= listed, f"add {sorted(scripts - listed)} to CASES in tests/test_examples.py"
+
+
+# Fenced ```python blocks at the start of a line; indented ones (the example sources
+# that the gallery includes) are not page code.
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+DOC_PAGES = sorted(
+    p.relative_to(DOCS).as_posix()
+    for p in DOCS.rglob("*.md")
+    if _PYTHON_BLOCK.search(p.read_text())
+)
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_doc_code_blocks_run(page):
+    namespace = {"__name__": f"docs.{page}"}
+    for i, block in enumerate(_PYTHON_BLOCK.findall((DOCS / page).read_text())):
+        exec(compile(block, f"docs/{page} (python block {i + 1})", "exec"), namespace)  # noqa: S102
