@@ -56,4 +56,7 @@ def lagged_scatter(weights: Tensor, g: Tensor, N: int) -> tuple[Tensor, Tensor]:
     padded = sum(
         torch.nn.functional.pad(weights[..., i - 1] * g, (N - i, i)) for i in range(1, N + 1)
     )
-    return padded[..., N:], padded[..., :N].flip(-1)
+    # With T = 0 a slice of all N entries would be an alias, which the legacy vmap
+    # of batched double backward cannot batch.
+    on_state = padded.flip(-1) if g.shape[-1] == 0 else padded[..., :N].flip(-1)
+    return padded[..., N:], on_state

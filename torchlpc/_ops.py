@@ -197,7 +197,8 @@ class _AllpoleVjpFunction(torch.autograd.Function):
             )
         if lag_on_zi is not None:
             d_grad_zi = d_grad_zi - lag_on_zi
-        return d_grad_x, d_grad_A, d_grad_zi
+        # Without need_A the grad_A output is an empty, non-differentiable placeholder.
+        return d_grad_x, d_grad_A if ctx.need_A else None, d_grad_zi
 
 
 def _allpole_autograd(x, A, zi):
