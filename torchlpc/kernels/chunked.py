@@ -70,9 +70,11 @@ def default_chunk_size(T: int, N: int = 1, double_states: bool = True) -> int:
     a 2-core CPU for T from 1,024 to 65,536; not measured on MPS or XPU).
     Without double-precision states, L is also at least ``8 N``: transition
     matrices over a few multiples of N steps can be far larger than the states
-    they carry, and the chunks' own decay brings them back down.
+    they carry, and the chunks' own decay brings them back down. L is at least N
+    too, so that the ``T / L`` transition matrices of ``N x N`` take no more memory
+    than A itself (plus one matrix when ``T < N``).
     """
-    L = round(math.sqrt(T) / 2)
+    L = max(round(math.sqrt(T) / 2), N)
     if not double_states:
         L = max(L, 8 * N)
     return max(1, min(T, L))
