@@ -16,7 +16,7 @@ import fnmatch
 import zlib
 from dataclasses import asdict, dataclass
 
-__all__ = ["Case", "FULL_CASES", "QUICK_CASES", "select_cases"]
+__all__ = ["Case", "FULL_CASES", "QUICK_CASES", "GPU_CASES", "GPU_QUICK_CASES", "select_cases"]
 
 _ITEMSIZE = {"float32": 4, "float64": 8}
 
@@ -114,9 +114,38 @@ QUICK_CASES: list[Case] = [
 ]
 
 
-def select_cases(patterns: list[str] | None, quick: bool = False) -> list[Case]:
-    """The registry, or the cases whose name matches one of the shell-style patterns."""
-    cases = QUICK_CASES if quick else FULL_CASES
+# The GPU cases (python -m benchmarks.run --device cuda), float32. The first three
+# shapes carry the speed targets against torchlpc 0.7.2's CUDA kernels, the fourth the
+# memory-bandwidth target; the time-invariant case is the one torchaudio's lfilter
+# can run. Ordered by importance: a run that reaches its time limit drops the last.
+GPU_TARGET_SHAPES = [(16, 44100, 32), (8, 16384, 16), (1, 2**20, 16)]
+GPU_BANDWIDTH_SHAPE = (1024, 16384, 16)
+
+GPU_CASES: list[Case] = [
+    *_allpole("time-varying", [*GPU_TARGET_SHAPES, GPU_BANDWIDTH_SHAPE]),
+    *_allpole("time-invariant", [(16, 44100, 32)], time_invariant=True),
+    Case("linear recurrence", LINEAR_RECURRENCE, 1, 2**20, 1),
+]
+
+# The GPU protocol on tiny shapes, for smoke tests (also on CPU tensors, see
+# benchmarks/run.py --gpu-cases): a row long enough for the chunked Triton variant
+# (B = 1, T >= 1024), a short one, a time-invariant one and a linear recurrence.
+GPU_QUICK_CASES: list[Case] = [
+    *_allpole("time-varying", [(1, 1100, 3), (2, 300, 4)]),
+    *_allpole("time-invariant", [(2, 513, 3)], time_invariant=True),
+    Case("linear recurrence", LINEAR_RECURRENCE, 1, 1100, 1),
+]
+
+
+def select_cases(
+    patterns: list[str] | None, quick: bool = False, gpu: bool = False
+) -> list[Case]:
+    """The registry (the GPU one with ``gpu``), or the cases whose name matches one of
+    the shell-style patterns."""
+    if gpu:
+        cases = GPU_QUICK_CASES if quick else GPU_CASES
+    else:
+        cases = QUICK_CASES if quick else FULL_CASES
     if not patterns:
         return list(cases)
     chosen = [case for case in cases if any(fnmatch.fnmatchcase(case.name, p) for p in patterns)]

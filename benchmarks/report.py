@@ -1,10 +1,15 @@
 """Turns a results file of ``benchmarks.run`` into BENCHMARKS.md and a throughput plot.
 
     python -m benchmarks.report [--input benchmarks/results/latest.json]
+        [--gpu-input benchmarks/results/latest-cuda.json]
         [--markdown BENCHMARKS.md] [--plot benchmarks/results/throughput.png]
         [--statistic median|min]
 
-The markdown is generated, never edited by hand: change this file instead.
+The GPU results (``python -m benchmarks.run --device cuda``, by default
+``latest-cuda.json`` beside the CPU input) are rendered, when that file exists, as
+a section of their own, "GPU: <device>", after the CPU results, with their plot in
+``throughput-cuda.png`` beside them. The markdown is generated, never edited by
+hand: change this file instead.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from .cases import GPU_BANDWIDTH_SHAPE, GPU_TARGET_SHAPES
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -24,9 +31,13 @@ OURS = "torchlpc"
 PEER_LABELS = {
     "torchlpc-0.7.2-cpp": "0.7.2 C++",
     "torchlpc-0.7.2-numba": "0.7.2 numba",
+    "torchlpc-0.7.2-cuda": "0.7.2 CUDA",
     "philtorch-0.7.0": "philtorch",
     "scipy": "scipy",
+    "torchaudio": "torchaudio",
 }
+# Peers that run some cases only: their cells stay empty where they do not apply.
+PARTIAL_PEERS = ("scipy", "torchaudio")
 DESCRIPTIONS = {
     "torchlpc": "this checkout (`sample_wise_lpc`, `linear_recurrence`)",
     "torchlpc-0.7.2-cpp": "torchlpc 0.7.2 built from its sdist, C++ extension "
@@ -37,6 +48,16 @@ DESCRIPTIONS = {
     "`philtorch.lpv.linear_recurrence`)",
     "scipy": "`scipy.signal.lfilter`, one call per batch row, float64, forward only "
     "(time-invariant cases)",
+}
+GPU_DESCRIPTIONS = {
+    "torchlpc": "this checkout (`sample_wise_lpc`, `linear_recurrence`) on CUDA tensors",
+    "torchaudio": "`torchaudio.functional.lfilter(x, a, b, clamp=False, batching=True)`, one "
+    "filter per batch row (time-invariant cases only; the initial state folded into the "
+    "first N input samples inside the timed call, as lfilter has none)",
+    "torchlpc-0.7.2-cuda": "torchlpc 0.7.2 built on the GPU machine from its sdist with its "
+    "CUDA kernels (`sample_wise_lpc`; order 1 through `torchlpc.recurrence.Recurrence`)",
+    "philtorch-0.7.0": "philtorch 0.7.0 built on the GPU machine from its sdist with its CUDA "
+    "kernels (`philtorch.lpv.allpole`, `philtorch.lpv.linear_recurrence`)",
 }
 MODE_TITLES = {"forward": "Forward", "backward": "Forward + backward (gradients of x, A, zi)"}
 GROUPS = ("time-varying", "time-invariant", "linear recurrence", "time-varying float64")
@@ -83,6 +104,11 @@ def _why_missing(case: dict, impl: str, mode: str) -> str:
 
 
 class Report:
+    h2 = "##"  # the level of the report's sections
+    footnote_prefix = ""  # footnote labels must be unique in the whole markdown file
+    descriptions = DESCRIPTIONS
+    memory_resolution = MEMORY_RESOLUTION
+
     def __init__(self, data: dict, statistic: str = "median"):
         self.data = data
         self.statistic = statistic
@@ -101,11 +127,11 @@ class Report:
             self.notes[key] = []
         if case["name"] not in self.notes[key]:
             self.notes[key].append(case["name"])
-        return f"[^{list(self.notes).index(key) + 1}]"
+        return f"[^{self.footnote_prefix}{list(self.notes).index(key) + 1}]"
 
     def footnotes(self) -> list[str]:
         return [
-            f"[^{i + 1}]: {impl}, {what}: {reason} ({', '.join(cases)})"
+            f"[^{self.footnote_prefix}{i + 1}]: {impl}, {what}: {reason} ({', '.join(cases)})"
             for i, ((impl, what, reason), cases) in enumerate(self.notes.items())
         ]
 
@@ -114,9 +140,9 @@ class Report:
         if ours is None:
             return "—"
         if theirs is None:
-            if impl == "scipy" and (case["results"].get(impl, {}).get("unsupported") or {}).get(
-                mode
-            ):
+            if impl in PARTIAL_PEERS and (
+                case["results"].get(impl, {}).get("unsupported") or {}
+            ).get(mode):
                 return ""
             return "—" + self.note(impl, _title(mode).lower(), _why_missing(case, impl, mode), case)
         return f"{theirs / ours:.2f}×"
@@ -312,7 +338,7 @@ class Report:
                     f"{max(values):.1%} |"
                 )
         return [
-            "## Targets",
+            f"{self.h2} Targets",
             "",
             f"Speed-ups are the peer's {self.statistic} time over ours; "
             "min / median / max over the "
@@ -331,13 +357,9 @@ class Report:
         if not cases:
             return []
         lines = [
-            "## Peak memory of forward + backward",
+            f"{self.h2} Peak memory of forward + backward",
             "",
-            "Peak = inputs (x, A, zi, grad_y) + the growth of the worker's peak resident set "
-            "during one forward+backward; *necessary* = inputs + y + grad_x + grad_A + grad_zi. "
-            "Cells: peak MiB (peak / necessary). Cases needing less than "
-            f"{MEMORY_RESOLUTION // 2**20} MiB are below what this method resolves and show "
-            "MiB only.",
+            self.memory_intro(),
             "",
             "| case | necessary MiB | "
             + " | ".join("torchlpc" if i == OURS else PEER_LABELS[i] for i in impls)
@@ -352,7 +374,7 @@ class Report:
                     row.append("—")
                 elif "error" in memory:
                     row.append("—" + self.note(impl, "peak memory", memory["error"], case))
-                elif case["necessary_bytes"] < MEMORY_RESOLUTION:
+                elif case["necessary_bytes"] < self.memory_resolution:
                     row.append(f"{memory['peak_bytes'] / 2**20:.1f}")
                 else:
                     row.append(
@@ -360,6 +382,15 @@ class Report:
                     )
             lines.append("| " + " | ".join(row) + " |")
         return lines
+
+    def memory_intro(self) -> str:
+        return (
+            "Peak = inputs (x, A, zi, grad_y) + the growth of the worker's peak resident set "
+            "during one forward+backward; *necessary* = inputs + y + grad_x + grad_A + grad_zi. "
+            "Cells: peak MiB (peak / necessary). Cases needing less than "
+            f"{MEMORY_RESOLUTION // 2**20} MiB are below what this method resolves and show "
+            "MiB only."
+        )
 
     def checks(self) -> list[str]:
         worst: dict[str, float] = {}
@@ -375,7 +406,7 @@ class Report:
         settings = self.data["check"]
         tolerance = ", ".join(f"{k} {v:g}" for k, v in settings["tolerance"].items())
         lines = [
-            "## Correctness check",
+            f"{self.h2} Correctness check",
             "",
             "Before timing, every implementation ran each case on its first "
             f"{settings['batch']} rows "
@@ -393,7 +424,7 @@ class Report:
     def method(self) -> list[str]:
         settings = self.data["settings"]
         return [
-            "## Method",
+            f"{self.h2} Method",
             "",
             "- Each implementation runs in its own worker process (`benchmarks/worker.py`); the "
             "peers in the side environment of `benchmarks/install_peers.sh`. Inputs are built "
@@ -430,7 +461,9 @@ class Report:
     def render(self, source: str, plot: str | None) -> str:
         lines = self.header(source) + [""]
         lines += ["| implementation | what runs |", "|---|---|"]
-        lines += [f"| {i} | {DESCRIPTIONS.get(i, '')} |" for i in self.data["implementations"]]
+        lines += [
+            f"| {i} | {self.descriptions.get(i, '')} |" for i in self.data["implementations"]
+        ]
         lines += [
             "",
             f"Times are the {self.statistic} of the timed calls. "
@@ -447,7 +480,255 @@ class Report:
             cases = [c for c in self.data["cases"] if c["group"] == group]
             if not cases:
                 continue
-            lines += ["", f"## {group[0].upper()}{group[1:]}"]
+            lines += ["", f"{self.h2} {group[0].upper()}{group[1:]}"]
+            for mode in ("forward", "backward"):
+                if any(self.time(c, OURS, mode) is not None for c in cases):
+                    lines += ["", f"**{MODE_TITLES[mode]}**", ""] + self.mode_table(cases, mode)
+        memory = self.memory_table()
+        if memory:
+            lines += [""] + memory
+        lines += [""] + self.checks() + [""] + self.method()
+        if self.notes:
+            lines += [""] + self.footnotes()
+        return "\n".join(lines) + "\n"
+
+
+def _gib(value) -> str:
+    return f"{value / 2**30:.1f} GiB" if value else "?"
+
+
+def _mb(value) -> str:
+    return f"{value / 1e6:.0f} MB" if value else "?"
+
+
+class GpuReport(Report):
+    """The GPU results (``benchmarks.run --device cuda``): a section of BENCHMARKS.md of
+    its own, after the CPU results, with its sections one level down."""
+
+    h2 = "###"
+    footnote_prefix = "gpu-"
+    descriptions = GPU_DESCRIPTIONS
+    memory_resolution = 0  # the allocator's counters are exact
+
+    def device_name(self) -> str:
+        return self.data.get("device", {}).get("name") or "unknown device"
+
+    def header(self, source: str) -> list[str]:
+        data, machine = self.data, self.data["machine"]
+        device = data.get("device", {})
+        smi = machine.get("nvidia_smi") or {}
+        impls = data["implementations"]
+        ours = impls[OURS]["facts"]
+        started = datetime.datetime.fromisoformat(data["started"])
+        finished = datetime.datetime.fromisoformat(data["finished"])
+        bandwidth_runs = ", ".join(
+            f"{r['bytes_per_s'] / 1e9:.0f}" for r in data["bandwidth"]["runs"]
+        )
+        rows = [
+            (
+                "GPU",
+                f"{self.device_name()}, compute capability {device.get('capability', '?')}, "
+                f"{device.get('multiprocessors', '?')} SMs, {_gib(device.get('memory_bytes'))}, "
+                f"L2 cache {_mb(device.get('l2_cache_bytes'))}",
+            ),
+            (
+                "Driver / CUDA",
+                f"driver {smi.get('driver_version', '?')}, torch built with CUDA "
+                f"{device.get('torch_cuda', '?')}; max clocks SM "
+                f"{smi.get('clocks.max.sm', '?')}, memory {smi.get('clocks.max.memory', '?')}",
+            ),
+            (
+                "Memory bandwidth",
+                f"{self.bandwidth / 1e9:.0f} GB/s by a device-to-device copy of "
+                f"{data['settings'].get('bandwidth_mib', '?')} MiB, counting its read and its "
+                f"write (best of the runs at start and end: {bandwidth_runs} GB/s)",
+            ),
+            (
+                "Host",
+                f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs; "
+                f"{machine['platform']}, Python {machine['python']}",
+            ),
+            (
+                "Date",
+                f"{started:%Y-%m-%d %H:%M} UTC, the run took "
+                f"{(finished - started).total_seconds() / 60:.1f} min",
+            ),
+            (
+                "torchlpc",
+                f"{ours['implementation']['version']}, revision {machine.get('revision') or '?'}, "
+                f"backend `{ours['implementation'].get('backend', '?')}`",
+            ),
+            ("torch / triton", f"{ours['torch']} / {device.get('triton', '?')}"),
+        ]
+        for impl, info in impls.items():
+            if impl == OURS:
+                continue
+            if info["available"]:
+                facts = info["facts"]
+                status = facts["implementation"]["version"]
+                if impl == "torchaudio":
+                    extension = facts["implementation"].get("extension")
+                    status += (
+                        ", with its compiled extension"
+                        if extension
+                        else ", **without** its compiled extension (Python loop over time)"
+                    )
+                else:
+                    status += f", side environment with torch {facts['torch']}"
+            else:
+                status = f"**not measured**: {info['reason']}"
+            rows.append((impl, status))
+        lines = [
+            f"## GPU: {self.device_name()}",
+            "",
+            f"Generated by `python -m benchmarks.report` from `{source}`, written by "
+            f"`{data['command']}` (on the GPU machine: `bash benchmarks/gpu_run.sh`). "
+            "float32 throughout.",
+        ]
+        if data.get("partial"):
+            lines += ["", "**This run was stopped before its end; the cases below are those "
+                      "it finished.**"]
+        if data.get("skipped_cases"):
+            lines += ["", "Not run, the run's time limit being spent: "
+                      + ", ".join(data["skipped_cases"]) + "."]
+        lines += ["", "| GPU machine | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        return lines
+
+    def _case(self, group: str, shape) -> dict | None:
+        B, T, N = shape
+        for case in self.data["cases"]:
+            if (case["group"], case["B"], case["T"], case["N"]) == (group, B, T, N) and case[
+                "dtype"
+            ] == "float32":
+                return case
+        return None
+
+    def targets(self) -> list[str]:
+        def label(shape):
+            return "×".join(str(v) for v in shape)
+
+        rows = []
+        peer = "torchlpc-0.7.2-cuda"
+        for mode, goal in (("forward", 5.0), ("backward", 10.0)):
+            for shape in GPU_TARGET_SHAPES:
+                case = self._case("time-varying", shape)
+                ours = theirs = None
+                if case is not None:
+                    ours, theirs = self.time(case, OURS, mode), self.time(case, peer, mode)
+                if case is None:
+                    measured = "case not run"
+                elif not ours:
+                    measured = f"not measured (torchlpc: {_why_missing(case, OURS, mode)})"
+                elif not theirs:
+                    measured = f"not measured (0.7.2: {_why_missing(case, peer, mode)})"
+                else:
+                    ratio = theirs / ours
+                    verdict = "met" if ratio >= goal else "**not met**"
+                    measured = f"{ratio:.2f}× ({verdict})"
+                rows.append(
+                    f"| {_title(mode)} vs torchlpc 0.7.2 CUDA | {label(shape)} | ≥ {goal:g}× | "
+                    f"{measured} |"
+                )
+        case = self._case("time-varying", GPU_BANDWIDTH_SHAPE)
+        ours = self.time(case, OURS, "forward") if case else None
+        if ours:
+            fraction = case["min_bytes"]["forward"] / (ours / 1e3) / self.bandwidth
+            verdict = "met" if fraction >= 0.5 else "**not met**"
+            measured = f"{fraction:.1%} ({verdict})"
+        else:
+            measured = "case not run" if case is None else "not measured"
+        rows.append(
+            f"| Forward: fraction of the copy bandwidth | {label(GPU_BANDWIDTH_SHAPE)} | ≥ 50% | "
+            f"{measured} |"
+        )
+        for other, name in (("philtorch-0.7.0", "philtorch"), ("torchaudio", "torchaudio")):
+            for mode in ("forward", "backward"):
+                values = []
+                for case in self.data["cases"]:
+                    ours, theirs = self.time(case, OURS, mode), self.time(case, other, mode)
+                    if ours and theirs:
+                        values.append(theirs / ours)
+                if values:
+                    rows.append(
+                        f"| {_title(mode)} vs {name} | every case it ran ({len(values)}) | "
+                        f"(for comparison) | {min(values):.2f}× / "
+                        f"{statistics.median(values):.2f}× / {max(values):.2f}× (min / median / "
+                        "max) |"
+                    )
+        return [
+            f"{self.h2} Targets",
+            "",
+            f"Speed-ups are the peer's {self.statistic} time over ours, in the same run. "
+            "Fraction of the copy bandwidth: the least bytes a forward pass must move (read x, "
+            "A, zi; write y) over its time, divided by the measured copy bandwidth above.",
+            "",
+            "| measure | case | target | measured |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+
+    def memory_intro(self) -> str:
+        return (
+            "Peak = inputs (x, A, zi, grad_y) + the most that `torch.cuda.max_memory_allocated()` "
+            "rose, during one timed forward+backward, above what was allocated before it; "
+            "*necessary* = inputs + y + grad_x + grad_A + grad_zi. Cells: peak MiB (peak / "
+            "necessary). Memory that a library takes outside PyTorch's allocator is not seen."
+        )
+
+    def method(self) -> list[str]:
+        settings = self.data["settings"]
+        return [
+            f"{self.h2} Method",
+            "",
+            "- Each implementation runs in its own worker process (`benchmarks/worker.py`): "
+            "torchlpc and torchaudio under the GPU machine's Python and torch, the peers in the "
+            "side environment of `benchmarks/gpu_peers.sh`, built there from their sdists with "
+            "nvcc against that same torch. Inputs are built on the GPU by each worker from the "
+            "same seeded draws.",
+            "- Per case, each worker first makes one untimed full-size forward+backward call, "
+            "so that kernels compiled on first use (Triton's, numba's) are compiled before "
+            "timing; its time, compilation included, is kept in the results file "
+            "(`first_call_s`). Then per mode: "
+            f"{settings['warmup']} warm-up call(s) and up to {settings['repeat']} timed calls "
+            f"(at least {settings['min_repeat']}, aiming at {settings['budget']} s per "
+            f"implementation), in up to {settings['rounds']} rounds with the implementations in "
+            "rotating order. Each timed call is bracketed by `torch.cuda.synchronize()`: its "
+            "time is what a caller who waits for the result sees, launch overheads included.",
+            "- Time-invariant cases give torchlpc A of shape (B, 1, N); the peers get "
+            "`A.expand(B, T, N)` inside the timed call. torchaudio's lfilter gets a = [1, A], "
+            "b = [1, 0, …, 0] and `clamp=False`; it has no initial state, so zi is folded into "
+            "the first N samples of x inside the timed call (exact, gradients included).",
+            "- *Of bandwidth limit*: the least bytes any implementation must move (read x, A, zi "
+            "and write y; forward+backward adds reading grad_y, A, y and writing grad_x, grad_A, "
+            "grad_zi) over the time, divided by the device-to-device copy bandwidth measured in "
+            "the same run (the better of a measurement before and one after the cases).",
+            "- Peak memory: `torch.cuda.reset_peak_memory_stats()` before each timed "
+            "forward+backward call, `torch.cuda.max_memory_allocated()` after it.",
+        ]
+
+    def render(self, source: str, plot: str | None) -> str:
+        lines = self.header(source) + [""]
+        lines += ["| implementation | what runs |", "|---|---|"]
+        lines += [
+            f"| {i} | {self.descriptions.get(i, '')} |" for i in self.data["implementations"]
+        ]
+        lines += [
+            "",
+            f"Times are the {self.statistic} of the timed calls. "
+            "*vs X* columns: X's time over torchlpc's (above 1: torchlpc is faster). "
+            "*IQR*: interquartile range of torchlpc's timed calls over their median. "
+            "*others' CPUs*: CPUs that processes outside the suite kept busy, on average, while "
+            "the case ran. *Msamples/s*: B·T / time.",
+        ]
+        if plot:
+            lines += ["", f"![GPU throughput per case]({plot})"]
+        lines += [""] + self.targets()
+        for group in GROUPS:
+            cases = [c for c in self.data["cases"] if c["group"] == group]
+            if not cases:
+                continue
+            lines += ["", f"{self.h2} {group[0].upper()}{group[1:]}"]
             for mode in ("forward", "backward"):
                 if any(self.time(c, OURS, mode) is not None for c in cases):
                     lines += ["", f"**{MODE_TITLES[mode]}**", ""] + self.mode_table(cases, mode)
@@ -494,10 +775,12 @@ def plot_throughput(data: dict, path: Path, statistic: str = "median") -> str | 
     fig.legend(
         handles, labels, loc="upper center", ncol=len(impls), fontsize=8, bbox_to_anchor=(0.5, 0.97)
     )
-    fig.suptitle(
-        f"torchlpc throughput, {data['machine']['cpu']}, {data['machine']['threads']} threads",
-        fontsize=10,
-    )
+    if data.get("device", {}).get("type") == "cuda":
+        title = f"torchlpc throughput, {data['device'].get('name', 'GPU')}, float32"
+    else:
+        machine = data["machine"]
+        title = f"torchlpc throughput, {machine['cpu']}, {machine['threads']} threads"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -510,6 +793,13 @@ def main(argv=None) -> int:
         prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--input", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument(
+        "--gpu-input",
+        type=Path,
+        help="GPU results to add as a section of their own, if the file exists "
+        "(default: latest-cuda.json beside --input)",
+    )
+    parser.add_argument("--no-gpu", action="store_true", help="leave the GPU results out")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, help="default: throughput.png beside the input")
     parser.add_argument(
@@ -535,8 +825,26 @@ def main(argv=None) -> int:
     text = Report(data, args.statistic).render(
         relative(args.input), None if problem else relative(plot_path)
     )
+    written = [str(args.markdown)] + ([] if problem else [str(plot_path)])
+
+    gpu_input = args.gpu_input or args.input.parent / "latest-cuda.json"
+    if not args.no_gpu and gpu_input.exists():
+        gpu_data = json.loads(gpu_input.read_text())
+        gpu_plot = gpu_input.parent / "throughput-cuda.png"
+        gpu_problem = plot_throughput(gpu_data, gpu_plot, args.statistic) if gpu_data[
+            "cases"
+        ] else "no GPU case was run; no GPU plot written"
+        if gpu_problem and gpu_problem != problem:
+            print(gpu_problem, file=sys.stderr)
+        gpu_text = GpuReport(gpu_data, args.statistic).render(
+            relative(gpu_input), None if gpu_problem else relative(gpu_plot)
+        )
+        text += "\n" + gpu_text
+        written += [] if gpu_problem else [str(gpu_plot)]
+    elif args.gpu_input and not args.no_gpu:
+        print(f"{args.gpu_input} does not exist; no GPU section", file=sys.stderr)
     args.markdown.write_text(text)
-    print(f"wrote {args.markdown}" + ("" if problem else f" and {plot_path}"))
+    print("wrote " + " and ".join(written))
     return 0
 
 

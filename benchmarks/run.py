@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick --no-peers  # seconds: a smoke test
     python -m benchmarks.run --cases 'tv-f32-*' ti-f32-64x16384x8
     python -m benchmarks.report                  # BENCHMARKS.md and the plot from latest.json
+    python -m benchmarks.run --device cuda       # the GPU cases, into latest-cuda.json
 
 Every implementation runs in its own worker process (benchmarks/worker.py): ours and
 scipy under this interpreter, the peers under the side environment that
@@ -13,6 +14,12 @@ checked against ``torchlpc.reference`` (outputs and every gradient) before anyth
 is timed; an implementation that fails the check is not timed on that case. Then the
 implementations are timed in turns, a few calls each per round, the order rotating
 between rounds, so that noise on a shared machine falls on all of them alike.
+
+``--device cuda`` runs the GPU cases instead (``cases.GPU_CASES``) against torchlpc
+0.7.2's CUDA kernels, philtorch and ``torchaudio.functional.lfilter``, with the peers
+from the environment of benchmarks/gpu_peers.sh; benchmarks/gpu_run.sh does all of it
+on a machine with a GPU. ``--device cpu --gpu-cases`` runs that same protocol on CPU
+tensors (tiny shapes with ``--quick``), to test it where there is no GPU.
 """
 
 from __future__ import annotations
@@ -39,9 +46,15 @@ from .cases import Case, select_cases
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "worker.py"
 DEFAULT_PEERS_PYTHON = Path(__file__).resolve().parent / ".peers-venv" / "bin" / "python"
+DEFAULT_GPU_PEERS_PYTHON = Path(__file__).resolve().parent / ".gpu-peers-venv" / "bin" / "python"
 
 OURS = ("torchlpc", "scipy")
 PEERS = ("torchlpc-0.7.2-cpp", "torchlpc-0.7.2-numba", "philtorch-0.7.0")
+# The GPU cases: torchaudio runs under this interpreter, the peers in the side
+# environment of benchmarks/gpu_peers.sh.
+GPU_PEERS = ("torchlpc-0.7.2-cuda", "philtorch-0.7.0")
+GPU_IMPLEMENTATIONS = ("torchlpc", *GPU_PEERS, "torchaudio")
+LOCAL = (*OURS, "torchaudio")  # implementations that run under this interpreter
 MODES = ("forward", "backward")
 
 # Largest normalised error |out - ref|_max / |ref|_max accepted by the pre-timing check,
@@ -60,7 +73,9 @@ class WorkerError(RuntimeError):
 class Worker:
     """A persistent worker process running one implementation."""
 
-    def __init__(self, impl: str, python: Path, log_dir: Path, threads: int, extra_env=None):
+    def __init__(
+        self, impl: str, python: Path, log_dir: Path, threads: int, extra_env=None, device_env=None
+    ):
         self.impl = impl
         env = dict(os.environ)
         env.update(
@@ -70,7 +85,8 @@ class Worker:
             BENCHMARK_THREADS=str(threads),
             PYTHONUNBUFFERED="1",
         )
-        if impl in OURS:
+        env.update(device_env or {})
+        if impl in LOCAL:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         else:
             # Nothing from our checkout may shadow the peers' packages.
@@ -92,11 +108,17 @@ class Worker:
     def request(self, cmd: str, timeout: float = 900.0, **fields) -> dict:
         if self.process.poll() is not None:
             raise WorkerError(f"{self.impl} worker has exited ({self._exit()})")
+        self.send(cmd, **fields)
+        return self.receive(cmd, timeout)
+
+    def send(self, cmd: str, **fields) -> None:
         try:
             self.process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             raise WorkerError(f"{self.impl} worker has exited ({self._exit()})") from None
+
+    def receive(self, cmd: str, timeout: float = 900.0) -> dict:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         if not ready:
             self.close()
@@ -198,6 +220,7 @@ def time_mode(workers: dict[str, Worker], mode: str, args) -> dict[str, dict]:
     }
     rounds = min(args.rounds, min(wanted.values(), default=1))
     times = {impl: [] for impl in active}
+    memory = {}
     for round_index in range(rounds):
         order = (
             active[round_index % len(active) :] + active[: round_index % len(active)]
@@ -209,12 +232,23 @@ def time_mode(workers: dict[str, Worker], mode: str, args) -> dict[str, dict]:
                 continue
             number = math.ceil(wanted[impl] / rounds)
             try:
-                times[impl] += workers[impl].request("time", mode=mode, number=number)["times"]
+                reply = workers[impl].request("time", mode=mode, number=number)
             except WorkerError as error:
                 results[impl] = {"error": str(error)}
+                continue
+            times[impl] += reply["times"]
+            if "peak_extra_bytes" in reply:  # CUDA, forward+backward
+                seen = memory.get(impl, {}).get("peak_extra_bytes", -1)
+                if reply["peak_extra_bytes"] > seen:
+                    memory[impl] = {
+                        "peak_extra_bytes": reply["peak_extra_bytes"],
+                        "baseline_bytes": reply["baseline_bytes"],
+                    }
     for impl in active:
         if impl not in results:
             results[impl] = _summary(times[impl])
+            if impl in memory:
+                results[impl]["device_memory"] = memory[impl]
     return results
 
 
@@ -314,7 +348,9 @@ def _git_revision() -> str | None:
         ).stdout.strip()
         return head + (" with uncommitted changes to torchlpc/" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        # A copy of the checkout without its .git (the GPU machine's): the revision
+        # recorded beside it by benchmarks/fetch_peer_sdists.sh, if any.
+        return os.environ.get("BENCHMARK_REVISION") or None
 
 
 def machine_facts(threads: int) -> dict:
@@ -366,51 +402,109 @@ def _parse(argv):
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--no-peers", action="store_true", help="measure ours (and scipy) only")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    parser.add_argument("--peers-python", type=Path, default=DEFAULT_PEERS_PYTHON)
+    parser.add_argument(
+        "--peers-python",
+        type=Path,
+        help=f"the side environment's interpreter (default {DEFAULT_PEERS_PYTHON}, or "
+        f"{DEFAULT_GPU_PEERS_PYTHON} with --device cuda)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: the GPU cases on the current CUDA device, written to latest-cuda.json "
+        "(default cpu: the CPU suite)",
+    )
+    # The GPU protocol on CPU tensors, to test it without a GPU.
+    parser.add_argument("--gpu-cases", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="start no case but the first once this many seconds have passed since the "
+        "start; the cases left are recorded as skipped",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--wait-quiet",
         type=float,
         metavar="SECONDS",
         help="before each case, wait up to this long for other processes to leave the CPUs "
-        "(default 10, 0 with --quick)",
+        "(default 10, 2 with --device cuda, 0 with --quick)",
     )
     args = parser.parse_args(argv)
+    args.gpu_cases = args.gpu_cases or args.device == "cuda"
+    if args.peers_python is None:
+        args.peers_python = DEFAULT_GPU_PEERS_PYTHON if args.gpu_cases else DEFAULT_PEERS_PYTHON
+    # Workers start in a temporary directory. absolute(), not resolve(): a venv's
+    # interpreter is a symbolic link that must stay one.
+    args.peers_python = args.peers_python.absolute()
     args.repeat = args.repeat or (3 if args.quick else 30)
     args.budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
     if args.wait_quiet is None:
-        args.wait_quiet = 0.0 if args.quick else 10.0
+        args.wait_quiet = 0.0 if args.quick else (2.0 if args.device == "cuda" else 10.0)
     args.min_repeat = min(args.repeat, 2 if args.quick else 5)
     args.warmup = 1 if args.quick else 2
     args.rounds = 5
     args.bandwidth_mib = 16 if args.quick else 256
     args.bandwidth_repeat = 4 if args.quick else 12
+    if args.gpu_cases:
+        # Every worker makes one untimed full-size call per case before the warm-up
+        # (kernels compile then), and some peers take seconds a call on the long
+        # cases: one warm-up call and at least three timed ones.
+        args.warmup = 1
+        args.min_repeat = min(args.repeat, 2 if args.quick else 3)
+        if args.device == "cuda":
+            # Far beyond the L2 cache (50 MB on an H100).
+            args.bandwidth_mib = 64 if args.quick else 1024
+    args.device_env = (
+        {"BENCHMARK_DEVICE": args.device, "BENCHMARK_GPU_CASES": "1"} if args.gpu_cases else {}
+    )
     return args
 
 
 def _start_workers(names, args, log_dir, extra_env=None):
     """Start and greet the workers; returns (workers, facts, unavailable reasons)."""
     workers, facts, unavailable = {}, {}, {}
+    installer = "gpu_peers.sh" if args.gpu_cases else "install_peers.sh"
+    started = {}
     for impl in names:
-        python = Path(sys.executable) if impl in OURS else args.peers_python
-        if impl not in OURS and args.no_peers:
+        python = Path(sys.executable) if impl in LOCAL else args.peers_python
+        if impl not in LOCAL and args.no_peers:
             unavailable[impl] = "not measured (--no-peers)"
             continue
         if not python.exists():
             unavailable[impl] = (
-                f"not installed: no side environment at {python}; run benchmarks/install_peers.sh"
+                f"not installed: no side environment at {python}; run benchmarks/{installer}"
             )
             continue
-        worker = Worker(impl, python, log_dir, args.threads, extra_env)
-        try:
-            facts[impl] = worker.request("hello", timeout=300)
-            workers[impl] = worker
-        except WorkerError as error:
-            worker.close()
-            unavailable[impl] = f"cannot be loaded: {error}"
-            if impl in PEERS:
-                unavailable[impl] += f" (install logs: {python.parent.parent}/install-*.log)"
+        worker = Worker(impl, python, log_dir, args.threads, extra_env, args.device_env)
+        if not args.gpu_cases:
+            _greet(worker, impl, python, workers, facts, unavailable)
+        else:
+            # Greeted together: each worker imports its library (and starts CUDA) at once.
+            started[impl] = (worker, python)
+            try:
+                worker.send("hello")
+            except WorkerError:
+                pass  # told again, with the reason, by _greet
+    for impl, (worker, python) in started.items():
+        _greet(worker, impl, python, workers, facts, unavailable, sent=True)
     return workers, facts, unavailable
+
+
+def _greet(worker, impl, python, workers, facts, unavailable, sent=False) -> None:
+    try:
+        if sent and worker.process.poll() is None:
+            facts[impl] = worker.receive("hello", timeout=300)
+        else:
+            facts[impl] = worker.request("hello", timeout=300)
+        workers[impl] = worker
+    except WorkerError as error:
+        worker.close()
+        unavailable[impl] = f"cannot be loaded: {error}"
+        if impl in PEERS or impl in GPU_PEERS:
+            unavailable[impl] += f" (install logs: {python.parent.parent}/install-*.log)"
 
 
 def _replace_dead_workers(workers, unavailable, args, log_dir, extra_env=None) -> None:
@@ -436,19 +530,71 @@ def _print_case_line(case: Case, mode: str, results: dict) -> None:
     print(f"  {mode:8s} " + " | ".join(parts), flush=True)
 
 
+def _device_problem(args) -> str | None:
+    """Why the GPU cases cannot run here, or None."""
+    if args.device != "cuda":
+        return None
+    if torch.version.cuda is None:
+        return (
+            f"--device cuda needs a CUDA build of torch and an NVIDIA GPU; this torch "
+            f"({torch.__version__}) was built without CUDA. Run it on a GPU machine "
+            "(benchmarks/gpu_run.sh does it all), or test the GPU protocol on CPU tensors "
+            "with --device cpu --gpu-cases --quick."
+        )
+    if not torch.cuda.is_available():
+        return (
+            f"--device cuda: torch {torch.__version__} has CUDA {torch.version.cuda}, but "
+            "torch.cuda.is_available() is False: no GPU is visible here (driver, "
+            "CUDA_VISIBLE_DEVICES?)."
+        )
+    return None
+
+
+def _gpu_facts() -> dict | None:
+    """nvidia-smi's view of the GPU (driver, clocks), where nvidia-smi exists."""
+    fields = "name,driver_version,memory.total,clocks.max.sm,clocks.max.memory,power.limit"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.splitlines()[0] if out else ""
+    values = [v.strip() for v in first.split(",")]
+    return dict(zip(fields.split(","), values, strict=False)) if first else None
+
+
 def main(argv=None) -> int:
+    clock = time.monotonic()
     args = _parse(argv)
+    problem = _device_problem(args)
+    if problem:
+        print(f"benchmarks.run: {problem}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
-    cases = select_cases(args.cases, args.quick)
+    try:
+        cases = select_cases(args.cases, args.quick, gpu=args.gpu_cases)
+    except ValueError as error:
+        print(f"benchmarks.run: {error}", file=sys.stderr)
+        return 2
     started = datetime.datetime.now(datetime.timezone.utc)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    # The GPU cases have their own files: latest-cuda.json beside the CPU suite's
+    # latest.json (latest-gpu-cases.json for the protocol run on CPU tensors).
+    suffix = "" if not args.gpu_cases else ("-cuda" if args.device == "cuda" else "-gpu-cases")
     args.out.mkdir(parents=True, exist_ok=True)
-    log_dir = args.out / "logs" / stamp
+    log_dir = args.out / "logs" / (stamp + suffix)
     log_dir.mkdir(parents=True, exist_ok=True)
     check_dir = Path(tempfile.mkdtemp(prefix="torchlpc-bench-"))
 
     machine = machine_facts(args.threads)
-    names = OURS + PEERS
+    if args.device == "cuda":
+        machine["nvidia_smi"] = _gpu_facts()
+    names = GPU_IMPLEMENTATIONS if args.gpu_cases else OURS + PEERS
     workers, facts, unavailable = _start_workers(names, args, log_dir)
     if "torchlpc" not in workers:
         print(f"torchlpc itself cannot be benchmarked: {unavailable['torchlpc']}", file=sys.stderr)
@@ -456,9 +602,13 @@ def main(argv=None) -> int:
     for impl in names:
         status = "ready" if impl in workers else unavailable[impl]
         print(f"{impl:22s} {status}", flush=True)
+    if args.gpu_cases:
+        device = facts["torchlpc"].get("device", {})
+        print(f"device: {device.get('name')}, torchlpc backend "
+              f"{facts['torchlpc']['implementation'].get('backend')}", flush=True)
 
     memory_workers = {}
-    if not args.no_memory:
+    if not args.no_memory and not args.gpu_cases:
         # Started now, beside the timing workers, so that both import the same
         # torchlpc even if the checkout changes while the suite runs.
         candidates = [impl for impl in workers if impl != "scipy"]
@@ -468,9 +618,59 @@ def main(argv=None) -> int:
     bandwidth = [measure_bandwidth(workers["torchlpc"], args)]
     print(f"copy bandwidth {bandwidth[0]['bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
 
-    case_results = []
+    case_results, skipped = [], []
     load = ForeignLoad(lambda: [*workers.values(), *memory_workers.values()])
+
+    def document(final: bool) -> dict:
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        doc = {
+            "schema": 1,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "command": " ".join(
+                ["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "settings": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            },
+            "machine": {**machine, "load_average_end": machine_facts(args.threads)["load_average"]},
+            "bandwidth": {
+                "runs": bandwidth,
+                "bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
+                "method": "torch copy_ of a float32 tensor, 2 threads; bytes = read + write",
+            },
+            "implementations": {
+                impl: {
+                    "available": impl in facts,
+                    "facts": facts.get(impl),
+                    "reason": unavailable.get(impl),
+                }
+                for impl in names
+            },
+            "check": {"batch": 2, "samples": 256, "tolerance": CHECK_TOLERANCE},
+            "cases": case_results,
+        }
+        if args.gpu_cases:
+            doc["device"] = {**facts["torchlpc"].get("device", {}), "type": args.device}
+            doc["bandwidth"]["method"] = (
+                f"torch copy_ of a {args.bandwidth_mib} MiB float32 tensor on the device, "
+                "between two torch.cuda.synchronize(); bytes = read + write"
+            )
+            doc["skipped_cases"] = skipped
+            if not final:
+                doc["partial"] = True
+        return doc
+
     for case in cases:
+        if (
+            args.time_limit is not None
+            and case_results  # the first case always runs
+            and time.monotonic() - clock > args.time_limit
+        ):
+            skipped.append(case.name)
+            print(f"{case.name}  skipped: the time limit of {args.time_limit:g} s is spent",
+                  flush=True)
+            continue
         print(f"{case.name}  (B={case.B}, T={case.T}, N={case.N}, {case.dtype})", flush=True)
         _replace_dead_workers(workers, unavailable, args, log_dir)
         if args.wait_quiet:
@@ -490,6 +690,8 @@ def main(argv=None) -> int:
             unsupported = {m: r for m, r in reply["unsupported"].items() if r}
             if unsupported:
                 per_impl[impl]["unsupported"] = unsupported
+            if "first_call_s" in reply:
+                per_impl[impl]["first_call_s"] = reply["first_call_s"]
             if "forward" in unsupported:
                 continue
             check = check_against_reference(case, torch.load(check_path))
@@ -505,15 +707,26 @@ def main(argv=None) -> int:
                 continue
             results = time_mode(ready[mode], mode, args)
             for impl, result in results.items():
+                device_memory = result.pop("device_memory", None)
                 per_impl[impl][mode] = result
+                if device_memory is not None:
+                    per_impl[impl]["memory"] = _device_memory(case, device_memory)
             _print_case_line(case, mode, results)
         for impl, worker in workers.items():
             try:
                 worker.request("release")
             except WorkerError as error:
                 per_impl[impl].setdefault("error", str(error))
-        if not args.no_memory:
+        if not args.no_memory and not args.gpu_cases:
             measure_memory(case, per_impl, memory_workers, unavailable, args, log_dir)
+        elif args.device == "cuda":
+            ours = per_impl.get("torchlpc", {}).get("memory", {})
+            if "peak_bytes" in ours:
+                print(
+                    f"  memory   torchlpc {ours['peak_bytes'] / 2**20:.1f} MiB on the device, "
+                    f"{ours['ratio_to_necessary']:.2f}x inputs+outputs+gradients",
+                    flush=True,
+                )
         foreign = load.since(case_start)
         if foreign is not None and foreign >= 0.25:
             print(
@@ -528,47 +741,36 @@ def main(argv=None) -> int:
                 "results": per_impl,
             }
         )
+        if args.gpu_cases:
+            # Kept after every case: a run stopped from outside still leaves its cases.
+            (args.out / f"{stamp}{suffix}.json").write_text(json.dumps(document(False), indent=1))
 
     bandwidth.append(measure_bandwidth(workers["torchlpc"], args))
     for worker in [*workers.values(), *memory_workers.values()]:
         worker.close()
 
     shutil.rmtree(check_dir, ignore_errors=True)
-    finished = datetime.datetime.now(datetime.timezone.utc)
-    document = {
-        "schema": 1,
-        "started": started.isoformat(timespec="seconds"),
-        "finished": finished.isoformat(timespec="seconds"),
-        "command": " ".join(
-            ["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {**machine, "load_average_end": machine_facts(args.threads)["load_average"]},
-        "bandwidth": {
-            "runs": bandwidth,
-            "bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
-            "method": "torch copy_ of a float32 tensor, 2 threads; bytes = read + write",
-        },
-        "implementations": {
-            impl: {
-                "available": impl in facts,
-                "facts": facts.get(impl),
-                "reason": unavailable.get(impl),
-            }
-            for impl in names
-        },
-        "check": {"batch": 2, "samples": 256, "tolerance": CHECK_TOLERANCE},
-        "cases": case_results,
-    }
-    text = json.dumps(document, indent=1)
-    (args.out / f"{stamp}.json").write_text(text)
-    (args.out / "latest.json").write_text(text)
+    text = json.dumps(document(True), indent=1)
+    (args.out / f"{stamp}{suffix}.json").write_text(text)
+    (args.out / f"latest{suffix}.json").write_text(text)
+    finished = datetime.datetime.fromisoformat(json.loads(text)["finished"])
     print(
-        f"wrote {args.out / (stamp + '.json')} and latest.json "
+        f"wrote {args.out / (stamp + suffix + '.json')} and latest{suffix}.json "
         f"in {(finished - started).total_seconds():.0f} s",
         flush=True,
     )
     return 0
+
+
+def _device_memory(case: Case, reply: dict) -> dict:
+    """A case's peak device memory, in the form of measure_memory's results."""
+    peak = case.necessary_bytes() // 2 + reply["peak_extra_bytes"]
+    return {
+        **reply,
+        "method": "torch.cuda.max_memory_allocated",
+        "peak_bytes": peak,
+        "ratio_to_necessary": peak / case.necessary_bytes(),
+    }
 
 
 def measure_memory(

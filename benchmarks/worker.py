@@ -19,6 +19,15 @@ Requests (``cmd``):
     bandwidth  bytes, number  time copies of a ``bytes``-sized tensor
     release                 drop the inputs
     quit
+
+GPU cases (the runner's ``--device cuda``, or ``--device cpu --gpu-cases`` to run the
+same protocol on CPU tensors): the environment says ``BENCHMARK_DEVICE`` (``cuda`` or
+``cpu``) and ``BENCHMARK_GPU_CASES=1``. Inputs are then built on the device; prepare
+also makes one full-size forward+backward call, so that every kernel the case needs
+(Triton's, numba's) is compiled before anything is timed; each timed call is
+bracketed by ``torch.cuda.synchronize()``; and each timed forward+backward call on
+CUDA records the peak of ``torch.cuda.max_memory_allocated`` above what was allocated
+before it, so no separate memory pass is needed.
 """
 
 from __future__ import annotations
@@ -40,55 +49,65 @@ import torch
 CHECK_BATCH = 2
 CHECK_SAMPLES = 256
 
+DEVICE = os.environ.get("BENCHMARK_DEVICE", "cpu")
+GPU_CASES = os.environ.get("BENCHMARK_GPU_CASES") == "1"
+
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _smooth(generator, B: int, T: int, low: float, high: float, dtype) -> torch.Tensor:
+def _smooth(
+    generator, B: int, T: int, low: float, high: float, dtype, device="cpu"
+) -> torch.Tensor:
     """A (B, T) parameter drifting slowly inside [low, high]: a random level per row
-    plus a few cycles of a sinusoid over the whole signal."""
-    level = torch.rand(B, 1, generator=generator, dtype=dtype)
-    phase = 2 * math.pi * torch.rand(B, 1, generator=generator, dtype=dtype)
-    cycles = 1 + 4 * torch.rand(B, 1, generator=generator, dtype=dtype)
-    t = torch.arange(T, dtype=dtype)[None] / max(T, 1)
+    plus a few cycles of a sinusoid over the whole signal.
+
+    The random numbers always come from the CPU generator; the (B, T) arithmetic
+    runs on ``device``, so that large GPU cases are not built on the CPU."""
+    level = torch.rand(B, 1, generator=generator, dtype=dtype).to(device)
+    phase = 2 * math.pi * torch.rand(B, 1, generator=generator, dtype=dtype).to(device)
+    cycles = 1 + 4 * torch.rand(B, 1, generator=generator, dtype=dtype).to(device)
+    t = torch.arange(T, dtype=dtype, device=device)[None] / max(T, 1)
     wobble = 0.5 + 0.5 * torch.sin(2 * math.pi * cycles * t + phase)
     return low + (high - low) * (0.75 * level + 0.25 * wobble)
 
 
-def _stable_coefficients(generator, B: int, T: int, N: int, dtype) -> torch.Tensor:
+def _stable_coefficients(generator, B: int, T: int, N: int, dtype, device="cpu") -> torch.Tensor:
     """A (B, T, N) with the poles of every frame inside radius 0.9, drifting slowly, so
     that long time-varying runs neither blow up nor decay into denormals."""
-    poly = torch.zeros(B, T, N + 1, dtype=dtype)
+    poly = torch.zeros(B, T, N + 1, dtype=dtype, device=device)
     poly[..., 0] = 1
     for _ in range(N // 2):
-        radius = _smooth(generator, B, T, 0.3, 0.9, dtype)
-        angle = _smooth(generator, B, T, 0.05 * math.pi, 0.95 * math.pi, dtype)
+        radius = _smooth(generator, B, T, 0.3, 0.9, dtype, device)
+        angle = _smooth(generator, B, T, 0.05 * math.pi, 0.95 * math.pi, dtype, device)
         quadratic = (-2 * radius * torch.cos(angle), radius**2)
         product = poly.clone()
         product[..., 1:] += quadratic[0][..., None] * poly[..., :-1]
         product[..., 2:] += quadratic[1][..., None] * poly[..., :-2]
         poly = product
     if N % 2:
-        pole = _smooth(generator, B, T, -0.9, 0.9, dtype)
+        pole = _smooth(generator, B, T, -0.9, 0.9, dtype, device)
         product = poly.clone()
         product[..., 1:] -= pole[..., None] * poly[..., :-1]
         poly = product
     return poly[..., 1:].contiguous()
 
 
-def build_inputs(case: dict) -> dict[str, torch.Tensor]:
-    """The case's inputs, the same in every process: x, A (or a), zi and grad_y."""
+def build_inputs(case: dict, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The case's inputs, the same in every process on the same device: x, A (or a),
+    zi and grad_y. The random draws are made on the CPU in a fixed order, so a case
+    has the same x, zi and grad_y on every device."""
     generator = torch.Generator().manual_seed(case["seed"])
     dtype = getattr(torch, case["dtype"])
     B, T, N = case["B"], case["T"], case["N"]
-    x = torch.randn(B, T, generator=generator, dtype=dtype)
-    grad_y = torch.randn(B, T, generator=generator, dtype=dtype)
+    x = torch.randn(B, T, generator=generator, dtype=dtype).to(device)
+    grad_y = torch.randn(B, T, generator=generator, dtype=dtype).to(device)
     if case["op"] == "linear_recurrence":
-        a = _smooth(generator, B, T, 0.5, 0.99, dtype)
-        zi = torch.randn(B, generator=generator, dtype=dtype)
+        a = _smooth(generator, B, T, 0.5, 0.99, dtype, device)
+        zi = torch.randn(B, generator=generator, dtype=dtype).to(device)
         return {"a": a, "x": x, "zi": zi, "grad_y": grad_y}
-    A = _stable_coefficients(generator, B, 1 if case["time_invariant"] else T, N, dtype)
-    zi = torch.randn(B, N, generator=generator, dtype=dtype)
+    A = _stable_coefficients(generator, B, 1 if case["time_invariant"] else T, N, dtype, device)
+    zi = torch.randn(B, N, generator=generator, dtype=dtype).to(device)
     return {"x": x, "A": A, "zi": zi, "grad_y": grad_y}
 
 
@@ -165,7 +184,10 @@ class Ours(Implementation):
         try:
             from torchlpc import _dispatch
 
-            facts["backend"] = _dispatch.select_backend(torch.device("cpu"))
+            if GPU_CASES:
+                facts["backend"] = _dispatch.select_backend(torch.device(DEVICE), torch.float32)
+            else:
+                facts["backend"] = _dispatch.select_backend(torch.device("cpu"))
         except Exception as error:  # a private helper; its absence only loses a fact
             facts["backend"] = f"unknown ({type(error).__name__})"
         return facts
@@ -183,11 +205,17 @@ def _expanded(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class TorchLPC072(Implementation):
-    """torchlpc 0.7.2 from the side environment, its C++ extension or its numba path."""
+    """torchlpc 0.7.2 from the side environment, its C++ extension or its numba path.
 
-    def __init__(self, extension: bool):
+    ``torchlpc-0.7.2-cuda`` is the extension again, on CUDA tensors: it must have been
+    built with its CUDA kernels (``benchmarks/gpu_peers.sh``), or 0.7.2 would quietly run
+    its numba.cuda kernels instead, which is not what the comparison is about.
+    """
+
+    def __init__(self, extension: bool, cuda: bool = False):
         self.extension = extension
-        self.name = "torchlpc-0.7.2-" + ("cpp" if extension else "numba")
+        self.cuda = cuda
+        self.name = "torchlpc-0.7.2-" + ("cuda" if cuda else "cpp" if extension else "numba")
 
     def load(self):
         if not self.extension:
@@ -201,17 +229,41 @@ class TorchLPC072(Implementation):
                 f"but {self.name} needs {self.extension}"
             )
         self.torchlpc, self.Recurrence = torchlpc, Recurrence
-        return {
+        facts = {
             "version": _package_version("torchlpc"),
             "file": torchlpc.__file__,
             "extension_loaded": torchlpc.EXTENSION_LOADED,
         }
+        if self.cuda:
+            if facts["version"] != "0.7.2":
+                # The side environment sees its parent's packages: without 0.7.2 in
+                # it, an installed torchlpc of ours could be found instead.
+                raise RuntimeError(
+                    f"torchlpc {facts['version']} from {torchlpc.__file__} is not 0.7.2"
+                )
+            kernels = {op: _has_cuda_kernel(f"torchlpc::{op}") for op in ("lpc", "scan")}
+            facts["cuda_kernels"] = kernels
+            if DEVICE == "cuda" and False in kernels.values():
+                raise RuntimeError(
+                    "torchlpc 0.7.2's extension has no CUDA kernel for "
+                    + ", ".join(op for op, present in kernels.items() if present is False)
+                    + ": it was built without CUDA (no nvcc or no GPU at build time?)"
+                )
+        return facts
 
     def function(self, case):
         if case["op"] == "linear_recurrence":
             # 0.7.2 has no public order-1 entry point; Recurrence takes (decay, impulse, init).
             return self.Recurrence.apply
         return lambda x, A, zi: self.torchlpc.sample_wise_lpc(x, _expanded(A, x), zi)
+
+
+def _has_cuda_kernel(op: str) -> bool | None:
+    """Whether the custom op ``op`` has a CUDA kernel registered; None if torch cannot say."""
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"))
+    except Exception:  # a private torch function; its absence only loses a fact
+        return None
 
 
 class PhilTorch(Implementation):
@@ -282,11 +334,63 @@ class SciPy(Implementation):
         return call
 
 
+class TorchAudio(Implementation):
+    """``torchaudio.functional.lfilter``, one filter per batch row (``batching=True``).
+
+    lfilter takes time-invariant filters only, and no initial state: the state is
+    folded into the first N input samples inside the timed call (a few small ops),
+    ``x[t] - sum_{j < N - t} A[t + j] zi[j]`` for ``t < N``, which gives exactly the
+    filter started from ``zi``, gradients included. ``clamp=False``: lfilter clamps
+    its output to [-1, 1] by default.
+    """
+
+    name = "torchaudio"
+
+    def load(self):
+        import torchaudio
+        from torchaudio.functional import lfilter
+
+        self.lfilter = lfilter
+        facts = {"version": torchaudio.__version__, "file": torchaudio.__file__}
+        try:
+            from torchaudio._extension import _IS_TORCHAUDIO_EXT_AVAILABLE
+
+            facts["extension"] = bool(_IS_TORCHAUDIO_EXT_AVAILABLE)
+        except ImportError:
+            facts["extension"] = None
+        return facts
+
+    def why_unsupported(self, case, mode):
+        if case["op"] != "allpole" or not case["time_invariant"]:
+            return "lfilter takes time-invariant filters only"
+        return None
+
+    def function(self, case):
+        lfilter = self.lfilter
+
+        def call(x, A, zi):
+            B, T = x.shape
+            N = A.shape[-1]
+            a = A[:, 0]
+            # window[t, j] = A[t + j] (0 past the end): the state's share of y[t], t < N.
+            window = torch.nn.functional.pad(a, (0, N)).unfold(-1, N, 1)[:, :N]
+            head = (window * zi[:, None, :]).sum(-1)[:, :T]
+            x0 = torch.cat([x[:, : head.shape[1]] - head, x[:, head.shape[1] :]], dim=1)
+            one = torch.ones(B, 1, dtype=x.dtype, device=x.device)
+            a_coeffs = torch.cat([one, a], dim=1)
+            b_coeffs = torch.nn.functional.pad(one, (0, N))
+            return lfilter(x0, a_coeffs, b_coeffs, clamp=False, batching=True)
+
+        return call
+
+
 IMPLEMENTATIONS = {
     "torchlpc": Ours,
     "scipy": SciPy,
+    "torchaudio": TorchAudio,
     "torchlpc-0.7.2-cpp": lambda: TorchLPC072(extension=True),
     "torchlpc-0.7.2-numba": lambda: TorchLPC072(extension=False),
+    "torchlpc-0.7.2-cuda": lambda: TorchLPC072(extension=True, cuda=True),
     "philtorch-0.7.0": PhilTorch,
 }
 
@@ -345,12 +449,12 @@ class Session:
             "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             **numba_facts,
+            **({"device": _device_facts()} if GPU_CASES else {}),
         }
 
     def prepare(self, request):
         case = request["case"]
         self.release({})
-        tensors = build_inputs(case)
         names = input_names(case)
         modes = {mode: self.impl.why_unsupported(case, mode) for mode in ("forward", "backward")}
         modes = {
@@ -359,6 +463,7 @@ class Session:
         }
         if modes["forward"] is not None:
             return {"unsupported": modes}
+        tensors = build_inputs(case, DEVICE) if GPU_CASES else build_inputs(case)
 
         part = check_slice(case, tensors)
         fn = self.impl.function(case)
@@ -370,6 +475,9 @@ class Session:
         else:
             y = self._call(case, part, fn, "forward")
         saved["y"] = y.detach()
+        if GPU_CASES:
+            # The runner checks on the CPU, against the reference loop.
+            saved = _to_cpu(saved)
         torch.save(saved, request["check"])
 
         self.case, self.fn = case, fn
@@ -377,11 +485,26 @@ class Session:
             "forward": tensors,
             "backward": self._leaves(tensors, names, True),
         }
-        return {"unsupported": modes}
+        reply = {"unsupported": modes}
+        if GPU_CASES:
+            # One full-size call, untimed: kernels are compiled (Triton, numba) for
+            # this shape's variant and launch configuration before any timing.
+            mode = "backward" if modes["backward"] is None else "forward"
+            tensors = self.tensors[mode]
+            _synchronize()
+            start = time.perf_counter()
+            y = self._call(case, tensors, fn, mode, tensors["grad_y"])
+            _synchronize()
+            reply["first_call_s"] = {mode: time.perf_counter() - start}
+            del y
+            self._clear_grads(case, tensors)
+        return reply
 
     def time(self, request):
         mode, number = request["mode"], request["number"]
         tensors = self.tensors[mode]
+        if GPU_CASES:
+            return self._time_on_device(mode, number, tensors)
         times = []
         gc.collect()
         gc.disable()
@@ -396,6 +519,38 @@ class Session:
         finally:
             gc.enable()
         return {"times": times}
+
+    def _time_on_device(self, mode, number, tensors):
+        """Each call between two ``torch.cuda.synchronize()``: the time from launch to
+        the last kernel's end, as a caller who waits for the result sees it. On CUDA,
+        forward+backward calls also give the peak device memory each one allocated
+        beyond what was allocated before it (max over the calls)."""
+        track_memory = DEVICE == "cuda" and mode == "backward"
+        times, peak_extra = [], 0
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(number):
+                if mode == "backward":
+                    self._clear_grads(self.case, tensors)
+                _synchronize()
+                if track_memory:
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                start = time.perf_counter()
+                y = self._call(self.case, tensors, self.fn, mode, tensors["grad_y"])
+                _synchronize()
+                times.append(time.perf_counter() - start)
+                if track_memory:
+                    peak_extra = max(peak_extra, torch.cuda.max_memory_allocated() - before)
+                del y
+        finally:
+            gc.enable()
+        reply = {"times": times}
+        if track_memory:
+            reply["peak_extra_bytes"] = peak_extra
+            reply["baseline_bytes"] = before
+        return reply
 
     def memory(self, request):
         """Peak resident memory of one forward+backward above the resident memory
@@ -428,19 +583,66 @@ class Session:
         return {"peak_extra_bytes": (peak - baseline) * 1024, "baseline_rss_bytes": baseline * 1024}
 
     def bandwidth(self, request):
-        source = torch.ones(request["bytes"] // 4, dtype=torch.float32)
+        device = DEVICE if GPU_CASES else "cpu"
+        source = torch.ones(request["bytes"] // 4, dtype=torch.float32, device=device)
         target = torch.empty_like(source)
         times = []
         for _ in range(request["number"]):
+            _synchronize()
             start = time.perf_counter()
             target.copy_(source)
+            _synchronize()
             times.append(time.perf_counter() - start)
-        return {"times": times, "bytes_per_copy": 2 * source.numel() * 4}
+        del source, target
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return {"times": times, "bytes_per_copy": 2 * (request["bytes"] // 4) * 4}
 
     def release(self, request):
         self.case, self.tensors = None, {}
         gc.collect()
+        if GPU_CASES and DEVICE == "cuda":
+            # Hand the cached blocks back, for the other workers on the same GPU.
+            torch.cuda.empty_cache()
         return {}
+
+
+def _synchronize() -> None:
+    """Wait for the GPU's queued work (a no-op without CUDA tensors)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
+def _device_facts() -> dict:
+    """The device the GPU cases run on, for the report."""
+    facts = {"type": DEVICE}
+    try:
+        import triton
+
+        facts["triton"] = triton.__version__
+    except ImportError:
+        facts["triton"] = "not installed"
+    if DEVICE != "cuda":
+        facts["name"] = f"CPU tensors ({torch.backends.cpu.get_cpu_capability()})"
+        return facts
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    facts.update(
+        name=props.name,
+        memory_bytes=props.total_memory,
+        multiprocessors=props.multi_processor_count,
+        capability=f"{props.major}.{props.minor}",
+        l2_cache_bytes=getattr(props, "L2_cache_size", None),
+        torch_cuda=torch.version.cuda,
+    )
+    return facts
 
 
 def _status_kib(field: str) -> int:
