@@ -133,29 +133,25 @@ def allpole_vjp(
         time_invariant = A.shape[1] == 1
         grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
         grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
-        if not need_A:
-            grad_A = A.new_empty((0, 0, 0))
-            # Never written, but typed like the real thing (and indexable by
-            # batch row) so that one compiled kernel serves both cases.
-            placeholder_dtype = _wide(A.dtype) if time_invariant else A.dtype
-            kernel_grad_A = torch.empty(
-                (B, 0) if time_invariant else (B, 0, 0), dtype=placeholder_dtype
-            ).numpy()
-        elif time_invariant:
-            grad_A_wide = torch.zeros(B, N, dtype=_wide(A.dtype))
-            kernel_grad_A = grad_A_wide.numpy()
-        else:
-            grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
-            kernel_grad_A = grad_A.numpy()
+        # The kernel takes both a (B, T, N) grad_A for time-varying A and a wide
+        # (B, N) sum for time-invariant A; the one it does not write is an empty
+        # placeholder, typed like the real thing so that one compiled kernel
+        # serves every case.
+        grad_A = A.new_empty((0, 0, 0))
+        grad_A_rows = torch.empty((B, 0, 0), dtype=A.dtype)
+        grad_a_wide = torch.empty((B, 0), dtype=_wide(A.dtype))
+        if need_A and time_invariant:
+            grad_a_wide = torch.zeros(B, N, dtype=_wide(A.dtype))
+        elif need_A:
+            grad_A = grad_A_rows = torch.empty_like(A, memory_format=torch.contiguous_format)
         if grad_y.numel():
-            kernel = cpu_numba.allpole_ti_vjp_kernel if time_invariant else cpu_numba.allpole_vjp_kernel
             cpu_numba.run_over_batch(
-                kernel, grad_y.numel() * N,
-                _numpy(grad_y), _numpy(A[:, 0] if time_invariant else A), _numpy(y), _numpy(zi),
-                grad_x.numpy(), kernel_grad_A, grad_zi.numpy(), need_A,
+                cpu_numba.allpole_vjp_kernel, grad_y.numel() * N,
+                _numpy(grad_y), _numpy(A), _numpy(y), _numpy(zi),
+                grad_x.numpy(), grad_A_rows.numpy(), grad_a_wide.numpy(), grad_zi.numpy(), need_A,
             )
         if need_A and time_invariant:
-            grad_A = grad_A_wide.to(A.dtype)[:, None, :]
+            grad_A = grad_a_wide.to(A.dtype)[:, None, :]
         return grad_x, grad_A, grad_zi
     with torch.no_grad():
         grad_x, grad_A, grad_zi = reference.allpole_vjp_reference(grad_y, A, y, zi)

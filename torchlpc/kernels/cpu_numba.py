@@ -2,19 +2,27 @@
 
 Every kernel works on C-contiguous NumPy views of the op's tensors and writes
 into preallocated outputs, one batch row at a time; :func:`run_over_batch` splits
-the batch over threads. They are compiled on
-first use (``cache=True`` keeps the machine code on disk), never at import.
+the batch over threads. They are compiled on first use (``cache=True`` keeps the
+machine code on disk), never at import.
 
-The forward kernel gathers: ``y[t]`` is ``x[t]`` minus the dot product of the
-coefficient row ``A[t]`` with the last N outputs. Backward kernels scatter: once
-``grad_x[s]`` is final, its contribution ``conj(A[s, i-1]) grad_x[s]`` is pushed
-to the N earlier times, so A is read row by row, as it lies in memory, instead of
-along the shifted diagonal ``A[t + i, i - 1]`` that the gather form would need;
-pushes that fall before time 0 land in ``grad_zi``. ``grad_A`` is written in the
-same pass. No shifted, padded or flipped copy of A is ever made.
+Forward (gather form): ``y[t] = x[t] - sum_i A[t, i-1] y[t-i]``. The one true
+dependency is on the newest outputs, so the last eight (two for N < 8) stay in
+registers and enter the sum last, in a fixed order, so that ``y[t-1]`` is one
+multiply-add away from ``y[t]``. The older lags are a vector dot product read
+straight from ``y`` (:mod:`._simd`), which never waits on the latest stores.
 
-Fast-math is limited to reassociation and fused multiply-add, so that the dot
-products vectorise; NaN and Inf still propagate.
+Backward (scatter form, backwards in time): once ``grad_x[s]`` is final its
+contribution ``conj(A[s, i-1]) grad_x[s]`` goes to the N earlier times, so A is
+read row by row, as it lies in memory, rather than along the shifted diagonal
+``A[t + i, i - 1]`` of the gather form. The contributions to the eight (two)
+next times are carried in registers; the rest are a vector update of
+``grad_x``. Pushes that fall before time 0 land in ``grad_zi``. ``grad_A`` is
+written in the same pass; a time-invariant filter sums it over time, block by
+block, as dot products in a wide accumulator. No shifted, padded or flipped
+copy of A is ever made.
+
+Only contraction into fused multiply-adds is allowed (no reassociation), so the
+order of every sum is the one written here; NaN and Inf propagate.
 """
 
 from __future__ import annotations
@@ -27,137 +35,292 @@ import numba
 import numpy as np
 import torch
 
-_FASTMATH = {"reassoc", "contract"}
-_sequential = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+from ._simd import dot_conj, dot_reversed, set_neg_scaled_conj_reversed, sub_conj_scaled_reversed
+
+_kernel = numba.njit(cache=True, nogil=True, fastmath={"contract"})
+
+# Lags carried in registers from this order on (two below it).
+_REGISTER_LAGS = 8
+# Time steps between two sums of a time-invariant grad_A: the block's grad_x and
+# y stay in the first-level cache for its N dot products.
+_BLOCK = 512
 
 
-@_sequential
-def _allpole_fwd_row(x, A, zi, y):
-    """One sequence: x (T,), A (T, N) or (1, N) for a time-invariant filter."""
-    T = x.shape[0]
-    N = A.shape[1]
-    step = 0 if A.shape[0] == 1 else 1
-    head = min(N, T)
-    # The first N samples reach back into the initial state.
+# Coefficients are indexed flat, ``a[t * stride + i - 1]`` with stride 0 for a
+# time-invariant filter: a row view per time step would cost a reference count.
+# Each order has its own short loop: one loop serving several orders keeps
+# registers for all of them and spills.
+
+# ---------------------------------------------------------------------------
+# Forward: y[0 .. N-1] reach back into zi (_fwd_head), the rest do not.
+
+
+@_kernel
+def _fwd_head(x, a, stride, zi, y, head):
+    N = zi.shape[0]
     for t in range(head):
-        row = A[t * step]
         acc = x[t]
         for i in range(1, t + 1):
-            acc -= row[i - 1] * y[t - i]
+            acc -= a[t * stride + i - 1] * y[t - i]
         for i in range(t + 1, N + 1):
-            acc -= row[i - 1] * zi[i - t - 1]
+            acc -= a[t * stride + i - 1] * zi[i - t - 1]
         y[t] = acc
+
+
+@_kernel
+def _fwd_order1(x, a, stride, y):
+    y1 = y[0]
+    for t in range(1, x.shape[0]):
+        y1 = x[t] - a[t * stride] * y1
+        y[t] = y1
+
+
+@_kernel
+def _fwd_order2(x, a, stride, y):
+    y1, y2 = y[1], y[0]
+    for t in range(2, x.shape[0]):
+        r = t * stride
+        value = (x[t] - a[r + 1] * y2) - a[r] * y1
+        y[t] = value
+        y2, y1 = y1, value
+
+
+@_kernel
+def _fwd_short(x, a, stride, N, y):
+    """3 <= N < 8: the two newest outputs in registers, the older ones read from y."""
+    y1, y2 = y[N - 1], y[N - 2]
+    for t in range(N, x.shape[0]):
+        r = t * stride
+        acc = x[t]
+        for i in range(3, N + 1):
+            acc -= a[r + i - 1] * y[t - i]
+        value = (acc - a[r + 1] * y2) - a[r] * y1
+        y[t] = value
+        y2, y1 = y1, value
+
+
+@_kernel
+def _fwd_long(x, a, stride, N, y):
+    """N >= 8: the eight newest outputs in registers, the older ones a vector dot product."""
+    y1, y2, y3, y4 = y[N - 1], y[N - 2], y[N - 3], y[N - 4]
+    y5, y6, y7, y8 = y[N - 5], y[N - 6], y[N - 7], y[N - 8]
+    for t in range(N, x.shape[0]):
+        r = t * stride
+        older = dot_reversed(a, r + 8, y, t - 9, N - 8)
+        acc = (x[t] - older) - ((a[r + 7] * y8 + a[r + 6] * y7) + (a[r + 5] * y6 + a[r + 4] * y5))
+        acc = acc - (a[r + 3] * y4 + a[r + 2] * y3)
+        value = (acc - a[r + 1] * y2) - a[r] * y1
+        y[t] = value
+        y8, y7, y6, y5, y4, y3, y2, y1 = y7, y6, y5, y4, y3, y2, y1, value
+
+
+@_kernel
+def _allpole_fwd_row(x, A, zi, y):
+    """One sequence: x (T,), A (T, N), or (1, N) for a time-invariant filter."""
+    T = x.shape[0]
+    N = A.shape[1]
+    a = A.reshape(A.size)
+    stride = 0 if A.shape[0] == 1 else N
+    head = min(N, T)
+    _fwd_head(x, a, stride, zi, y, head)
     if head == T:
         return
-    # The most recent outputs stay in registers and enter the sum last, so
-    # the loop-carried dependency is a few multiply-adds long; the older
-    # terms form a vectorised dot product that does not wait on them. A
-    # vector load overlapping the latest scalar stores would also stall on
-    # store forwarding, which keeping eight outputs in registers avoids.
-    if N >= 8:
-        y1, y2, y3, y4 = y[N - 1], y[N - 2], y[N - 3], y[N - 4]
-        y5, y6, y7, y8 = y[N - 5], y[N - 6], y[N - 7], y[N - 8]
-        for t in range(N, T):
-            row = A[t * step]
-            older = x[t]
-            for i in range(9, N + 1):
-                older -= row[i - 1] * y[t - i]
-            recent = row[7] * y8 + row[6] * y7 + row[5] * y6 + row[4] * y5
-            value = older - recent - (row[3] * y4 + row[2] * y3) - row[1] * y2 - row[0] * y1
-            y[t] = value
-            y8, y7, y6, y5, y4, y3, y2, y1 = y7, y6, y5, y4, y3, y2, y1, value
-    elif N >= 2:
-        y1, y2 = y[N - 1], y[N - 2]
-        for t in range(N, T):
-            row = A[t * step]
-            older = x[t]
-            for i in range(3, N + 1):
-                older -= row[i - 1] * y[t - i]
-            value = older - row[1] * y2 - row[0] * y1
-            y[t] = value
-            y2, y1 = y1, value
+    if N == 1:
+        _fwd_order1(x, a, stride, y)
+    elif N == 2:
+        _fwd_order2(x, a, stride, y)
+    elif N < _REGISTER_LAGS:
+        _fwd_short(x, a, stride, N, y)
     else:
-        y1 = y[0]
-        for t in range(1, T):
-            y1 = x[t] - A[t * step, 0] * y1
-            y[t] = y1
+        _fwd_long(x, a, stride, N, y)
 
 
-@_sequential
-def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
-    """One sequence; grad_zi must arrive zeroed."""
+# ---------------------------------------------------------------------------
+# Backward. Below eight lags, the gather form
+#     grad_x[t] = grad_y[t] - sum_i conj(A[t+i, i-1]) grad_x[t+i]
+# reads A along the shifted diagonal: those N rows lie within a few cache lines,
+# and the newest values stay in registers as in the forward. From eight lags on,
+# the scatter form reads A by rows and pushes into grad_x, so that A and grad_A
+# are streamed in memory order. grad_A[t] is written in the same step, or, for a
+# time-invariant filter, summed block by block (_ti_grad_sums).
+
+
+@_kernel
+def _ti_grad_sums(grad_x, y, low, high, grad_a):
+    """grad_a[i-1] -= sum_{t = low .. high} grad_x[t] conj(y[t-i]); needs low >= N."""
+    for i in range(1, grad_a.shape[0] + 1):
+        grad_a[i - 1] -= dot_conj(grad_x, low, y, low - i, high - low + 1)
+
+
+@_kernel
+def _bwd_checked_step(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, need_A, t):
+    """One gather step with every bound checked: for the first and the last N steps."""
     T = grad_y.shape[0]
-    N = A.shape[1]
+    N = zi.shape[0]
+    g = grad_y[t]
+    for i in range(1, min(N, T - 1 - t) + 1):
+        g -= np.conj(a[(t + i) * stride + i - 1]) * grad_x[t + i]
+    grad_x[t] = g
+    if need_A:
+        for i in range(1, N + 1):
+            past = y[t - i] if i <= t else zi[i - t - 1]
+            if stride == 0:
+                grad_a[i - 1] -= g * np.conj(past)
+            else:
+                grad_A[t * N + i - 1] = -g * np.conj(past)
+
+
+@_kernel
+def _bwd_order1(grad_y, a, stride, y, grad_x, grad_A, write_A, high, low):
+    g1 = grad_x[high + 1]
+    for t in range(high, low - 1, -1):
+        g1 = grad_y[t] - np.conj(a[(t + 1) * stride]) * g1
+        grad_x[t] = g1
+        if write_A:
+            grad_A[t] = -g1 * np.conj(y[t - 1])
+
+
+@_kernel
+def _bwd_order2(grad_y, a, stride, y, grad_x, grad_A, write_A, high, low):
+    g1, g2 = grad_x[high + 1], grad_x[high + 2]
+    for t in range(high, low - 1, -1):
+        g = (grad_y[t] - np.conj(a[(t + 2) * stride + 1]) * g2) - np.conj(a[(t + 1) * stride]) * g1
+        grad_x[t] = g
+        if write_A:
+            grad_A[2 * t] = -g * np.conj(y[t - 1])
+            grad_A[2 * t + 1] = -g * np.conj(y[t - 2])
+        g2, g1 = g1, g
+
+
+@_kernel
+def _bwd_short(grad_y, a, stride, N, y, grad_x, grad_A, write_A, high, low):
+    g1, g2 = grad_x[high + 1], grad_x[high + 2]
+    for t in range(high, low - 1, -1):
+        acc = grad_y[t]
+        for i in range(3, N + 1):
+            acc -= np.conj(a[(t + i) * stride + i - 1]) * grad_x[t + i]
+        g = (acc - np.conj(a[(t + 2) * stride + 1]) * g2) - np.conj(a[(t + 1) * stride]) * g1
+        grad_x[t] = g
+        if write_A:
+            set_neg_scaled_conj_reversed(grad_A, t * N, y, t - 1, g, N)
+        g2, g1 = g1, g
+
+
+@_kernel
+def _bwd_gather(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
+    """N < 8. The steps with t + N <= T - 1 and t >= N run unchecked, in blocks."""
+    T = grad_y.shape[0]
+    N = zi.shape[0]
+    interior_high = T - 1 - N
+    t = T - 1
+    while t > interior_high and t >= 0:
+        _bwd_checked_step(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, need_A, t)
+        t -= 1
+    write_A = need_A and stride != 0
+    while t >= N:
+        low = max(N, t - _BLOCK + 1)
+        if N == 1:
+            _bwd_order1(grad_y, a, stride, y, grad_x, grad_A, write_A, t, low)
+        elif N == 2:
+            _bwd_order2(grad_y, a, stride, y, grad_x, grad_A, write_A, t, low)
+        else:
+            _bwd_short(grad_y, a, stride, N, y, grad_x, grad_A, write_A, t, low)
+        if need_A and stride == 0:
+            _ti_grad_sums(grad_x, y, low, t, grad_a)
+        t = low - 1
+    while t >= 0:
+        _bwd_checked_step(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, need_A, t)
+        t -= 1
+    # zi[k] stands for y[-1-k], which step t reaches through lag i = t + 1 + k.
+    for k in range(N):
+        for t in range(min(N - k, T)):
+            grad_zi[k] -= np.conj(a[t * stride + t + k]) * grad_x[t]
+
+
+@_kernel
+def _bwd_scatter(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
+    """N >= 8: contributions owed to the next eight times in registers, older ones
+    pushed into grad_x (which therefore starts as grad_y)."""
+    T = grad_y.shape[0]
+    N = zi.shape[0]
     for t in range(T):
         grad_x[t] = grad_y[t]
-    for s in range(T - 1, -1, -1):
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = grad_y.dtype.type(0)
+    write_A = need_A and stride != 0
+    high = T - 1
+    while high >= N:
+        low = max(N, high - _BLOCK + 1)
+        for s in range(high, low - 1, -1):
+            r = s * stride
+            g = grad_x[s] + p0
+            p0 = p1 - np.conj(a[r]) * g
+            p1 = p2 - np.conj(a[r + 1]) * g
+            p2 = p3 - np.conj(a[r + 2]) * g
+            p3 = p4 - np.conj(a[r + 3]) * g
+            p4 = p5 - np.conj(a[r + 4]) * g
+            p5 = p6 - np.conj(a[r + 5]) * g
+            p6 = p7 - np.conj(a[r + 6]) * g
+            p7 = -np.conj(a[r + 7]) * g
+            sub_conj_scaled_reversed(grad_x, s - 9, a, r + 8, g, N - 8)
+            grad_x[s] = g
+            if write_A:
+                set_neg_scaled_conj_reversed(grad_A, s * N, y, s - 1, g, N)
+        if need_A and stride == 0:
+            _ti_grad_sums(grad_x, y, low, high, grad_a)
+        high = low - 1
+    # The registers owe grad_x[high - j]; then the first N steps, which reach zi.
+    owed = (p0, p1, p2, p3, p4, p5, p6, p7)
+    for j in range(8):
+        if high - j >= 0:
+            grad_x[high - j] += owed[j]
+    for s in range(high, -1, -1):
+        r = s * stride
         g = grad_x[s]
-        if s >= N:
+        for i in range(1, s + 1):
+            grad_x[s - i] -= np.conj(a[r + i - 1]) * g
+        for i in range(s + 1, N + 1):
+            grad_zi[i - s - 1] -= np.conj(a[r + i - 1]) * g
+        if need_A:
             for i in range(1, N + 1):
-                grad_x[s - i] -= np.conj(A[s, i - 1]) * g
-            if need_A:
-                for i in range(1, N + 1):
-                    grad_A[s, i - 1] = -g * np.conj(y[s - i])
-        else:
-            for i in range(1, s + 1):
-                grad_x[s - i] -= np.conj(A[s, i - 1]) * g
-            for i in range(s + 1, N + 1):
-                grad_zi[i - s - 1] -= np.conj(A[s, i - 1]) * g
-            if need_A:
-                for i in range(1, s + 1):
-                    grad_A[s, i - 1] = -g * np.conj(y[s - i])
-                for i in range(s + 1, N + 1):
-                    grad_A[s, i - 1] = -g * np.conj(zi[i - s - 1])
+                past = y[s - i] if i <= s else zi[i - s - 1]
+                if stride == 0:
+                    grad_a[i - 1] -= g * np.conj(past)
+                else:
+                    grad_A[s * N + i - 1] = -g * np.conj(past)
 
 
-@_sequential
-def _allpole_ti_vjp_row(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
-    """One sequence, a (N,); grad_zi and grad_a must arrive zeroed, grad_a may be wider."""
-    T = grad_y.shape[0]
-    N = a.shape[0]
-    conj_coefficients = np.conj(a)
-    for t in range(T):
-        grad_x[t] = grad_y[t]
-    for s in range(T - 1, -1, -1):
-        g = grad_x[s]
-        if s >= N:
-            for i in range(1, N + 1):
-                grad_x[s - i] -= conj_coefficients[i - 1] * g
-            if need_A:
-                for i in range(1, N + 1):
-                    grad_a[i - 1] -= g * np.conj(y[s - i])
-        else:
-            for i in range(1, s + 1):
-                grad_x[s - i] -= conj_coefficients[i - 1] * g
-            for i in range(s + 1, N + 1):
-                grad_zi[i - s - 1] -= conj_coefficients[i - 1] * g
-            if need_A:
-                for i in range(1, s + 1):
-                    grad_a[i - 1] -= g * np.conj(y[s - i])
-                for i in range(s + 1, N + 1):
-                    grad_a[i - 1] -= g * np.conj(zi[i - s - 1])
+@_kernel
+def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
+    """One sequence. Time-varying A (T, N) writes grad_A (T, N); time-invariant
+    A (1, N) adds into grad_a (N,), which may be wider than A. grad_zi and grad_a
+    arrive zeroed."""
+    a = A.reshape(A.size)
+    grad = grad_A.reshape(grad_A.size)
+    stride = 0 if A.shape[0] == 1 else A.shape[1]
+    if A.shape[1] < _REGISTER_LAGS:
+        _bwd_gather(grad_y, a, stride, y, zi, grad_x, grad, grad_a, grad_zi, need_A)
+    else:
+        _bwd_scatter(grad_y, a, stride, y, zi, grad_x, grad, grad_a, grad_zi, need_A)
 
 
 # Drivers over the batch. They release the GIL, so run_over_batch can give each
 # Python worker thread a slice of the batch.
 
 
-@_sequential
+@_kernel
 def allpole_fwd_kernel(x, A, zi, y):
     for b in range(x.shape[0]):
         _allpole_fwd_row(x[b], A[b], zi[b], y[b])
 
 
-@_sequential
-def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+@_kernel
+def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
+    """grad_A (B, T, N) for time-varying A, grad_a (B, N) for time-invariant A;
+    the other is an unused placeholder with the same number of rows."""
     for b in range(grad_y.shape[0]):
-        _allpole_vjp_row(grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_zi[b], need_A)
-
-
-@_sequential
-def allpole_ti_vjp_kernel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
-    for b in range(grad_y.shape[0]):
-        _allpole_ti_vjp_row(grad_y[b], a[b], y[b], zi[b], grad_x[b], grad_a[b], grad_zi[b], need_A)
+        _allpole_vjp_row(
+            grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_a[b], grad_zi[b], need_A
+        )
 
 
 # Below this many coefficient reads a call runs on the calling thread alone:

@@ -1,0 +1,86 @@
+"""The numba kernels, path by path, against the reference loop.
+
+The CPU kernels take a different loop for each range of the filter order
+(N = 1, N = 2, 3 <= N < 8 with two lags in registers, N >= 8 with eight lags in
+registers and the rest as vector operations whose length is N - 8), treat the
+first and last N steps apart from the rest, and sum a time-invariant grad_A in
+blocks of ``cpu_numba._BLOCK`` steps. The cases below put every order range,
+every remainder of the vector length (8 float32 or 4 float64 lanes, two vectors
+per iteration of the dot product) and every boundary (T < N, T = N, T = N + 1,
+T just past 2N, T across one and two blocks) through the numba backend, time
+varying and time invariant, and compare y, zf and the gradients of x, A and zi
+with the reference loop run in double precision.
+
+Tolerances: ``TOLERANCES`` of conftest.py, as everywhere. Above order 8 the
+reflection coefficients stay below ``HIGH_ORDER_REFLECTION`` in modulus:
+with them up to 0.95, as at low orders, the filters of order 24 and more are so
+ill-conditioned that the reference loop itself, in float32, is off by 1e-5 to
+1e-3 (and overflows at order 64), and in float64 by 1e-12 to 1e-11, so a
+comparison would measure the problem rather than the kernels. Poles near the
+unit circle are tested at low orders in test_filter.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_close, filter_inputs
+from test_filter import NAMES, library_results, reference_results, upstream_gradients
+from torchlpc.kernels import cpu_numba
+
+BLOCK = cpu_numba._BLOCK
+HIGH_ORDER_REFLECTION = 0.5
+
+ORDERS = [1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 20, 24, 33, 64]
+
+
+def _lengths(N):
+    lengths = {max(N - 1, 1), N, N + 1, 2 * N + 3, BLOCK + N + 5}
+    return sorted(lengths)
+
+
+KERNEL_CASES = [
+    pytest.param(N, T, id=f"N{N}-T{T}") for N in ORDERS for T in _lengths(N)
+] + [pytest.param(N, 2 * BLOCK + 3 * N + 7, id=f"N{N}-two-blocks") for N in (2, 5, 9, 16)]
+
+VARYING = [pytest.param(True, id="time-varying"), pytest.param(False, id="time-invariant")]
+
+
+def _check(N, T, varying, dtype, seed):
+    conditioning = {"k_high": HIGH_ORDER_REFLECTION} if N > 8 else {}
+    x, A, zi = filter_inputs((2,), T, N, dtype=dtype, seed=seed, varying=varying, **conditioning)
+    grad_y, grad_zf = upstream_gradients(x, N, dtype, seed + 1)
+    got = library_results(x, A, zi, grad_y, grad_zf)
+    expected = reference_results(x, A, zi, grad_y, grad_zf)
+    for name, g, e in zip(NAMES, got, expected, strict=True):
+        assert g.shape == e.shape, f"{name}: shape {tuple(g.shape)}, expected {tuple(e.shape)}"
+        assert_close(g, e, dtype, name)
+
+
+@pytest.fixture(autouse=True)
+def numba_backend(monkeypatch):
+    monkeypatch.setenv("TORCHLPC_BACKEND", "numba")
+
+
+@pytest.mark.parametrize("varying", VARYING)
+@pytest.mark.parametrize("N, T", KERNEL_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_real_kernels_match_reference(N, T, varying, dtype):
+    _check(N, T, varying, dtype, seed=100 * N + T)
+
+
+# Complex dtypes take the loops of torchlpc/kernels/_simd.py instead of vector code.
+COMPLEX_CASES = [
+    pytest.param(N, T, id=f"N{N}-T{T}")
+    for N, T in [(1, 40), (2, 3), (2, 60), (5, 4), (5, 70), (9, 12), (16, BLOCK + 40)]
+]
+
+
+@pytest.mark.parametrize("varying", VARYING)
+@pytest.mark.parametrize("N, T", COMPLEX_CASES)
+@pytest.mark.parametrize(
+    "dtype", [torch.complex64, torch.complex128], ids=["complex64", "complex128"]
+)
+def test_complex_kernels_match_reference(N, T, varying, dtype):
+    _check(N, T, varying, dtype, seed=7 * N + T)
