@@ -72,45 +72,34 @@ def select_backend(device: torch.device, dtype: torch.dtype | None = None) -> st
         if reason is not None:
             raise RuntimeError(f"{ENV_VARIABLE}={forced} was requested, but {reason}.")
         return forced
-    if device.type == "cpu" and _why_unusable("numba", device) is None:
+    kind = device.type
+    if kind == "cpu" and _module_available("numba"):
         return "numba"
-    if device.type == "cuda" and _why_unusable("triton", device, dtype) is None:
+    if kind == "cuda" and _why_unusable("triton", device, dtype) is None:
         return "triton"
     return "chunked"
 
 
-def _numpy(tensor: Tensor):
-    return tensor.detach().contiguous().numpy()
+_KERNEL_MODULES = {"numba": "cpu_numba", "triton": "cuda_triton", "chunked": "chunked"}
+_loaded: dict[str, object] = {}
 
 
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """The accumulator dtype for sums over time."""
-    return torch.complex128 if dtype.is_complex else torch.float64
+def _kernels(backend: str):
+    """The kernel module of a backend, imported on first use."""
+    module = _loaded.get(backend)
+    if module is None:
+        module = importlib.import_module(f".kernels.{_KERNEL_MODULES[backend]}", __package__)
+        _loaded[backend] = module
+    return module
 
 
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
     backend = select_backend(x.device, x.dtype)
-    if backend == "triton":
-        from .kernels import cuda_triton
-
-        return cuda_triton.allpole(x, A, zi)
-    if backend == "chunked":
-        from .kernels import chunked
-
-        return chunked.allpole(x, A, zi)
-    if backend == "numba":
-        from .kernels import cpu_numba
-
-        y = torch.empty_like(x, memory_format=torch.contiguous_format)
-        if x.numel():
-            cpu_numba.run_over_batch(
-                cpu_numba.allpole_fwd_kernel, x.numel() * A.shape[-1],
-                _numpy(x), _numpy(A), _numpy(zi), y.numpy(),
-            )
-        return y
-    with torch.no_grad():
-        return reference.allpole_reference(x, A, zi)
+    if backend == "reference":
+        with torch.no_grad():
+            return reference.allpole_reference(x, A, zi)
+    return _kernels(backend).allpole(x, A, zi)
 
 
 def allpole_vjp(
@@ -118,43 +107,10 @@ def allpole_vjp(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the fused backward pass; ``grad_A`` is empty when ``need_A`` is false."""
     backend = select_backend(grad_y.device, grad_y.dtype)
-    if backend == "triton":
-        from .kernels import cuda_triton
-
-        return cuda_triton.allpole_vjp(grad_y, A, y, zi, need_A)
-    if backend == "chunked":
-        from .kernels import chunked
-
-        return chunked.allpole_vjp(grad_y, A, y, zi, need_A)
-    if backend == "numba":
-        from .kernels import cpu_numba
-
-        B, N = zi.shape
-        time_invariant = A.shape[1] == 1
-        grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
-        grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
-        # The kernel takes both a (B, T, N) grad_A for time-varying A and a wide
-        # (B, N) sum for time-invariant A; the one it does not write is an empty
-        # placeholder, typed like the real thing so that one compiled kernel
-        # serves every case.
-        grad_A = A.new_empty((0, 0, 0))
-        grad_A_rows = torch.empty((B, 0, 0), dtype=A.dtype)
-        grad_a_wide = torch.empty((B, 0), dtype=_wide(A.dtype))
-        if need_A and time_invariant:
-            grad_a_wide = torch.zeros(B, N, dtype=_wide(A.dtype))
-        elif need_A:
-            grad_A = grad_A_rows = torch.empty_like(A, memory_format=torch.contiguous_format)
-        if grad_y.numel():
-            cpu_numba.run_over_batch(
-                cpu_numba.allpole_vjp_kernel, grad_y.numel() * N,
-                _numpy(grad_y), _numpy(A), _numpy(y), _numpy(zi),
-                grad_x.numpy(), grad_A_rows.numpy(), grad_a_wide.numpy(), grad_zi.numpy(), need_A,
-            )
-        if need_A and time_invariant:
-            grad_A = grad_a_wide.to(A.dtype)[:, None, :]
+    if backend == "reference":
+        with torch.no_grad():
+            grad_x, grad_A, grad_zi = reference.allpole_vjp_reference(grad_y, A, y, zi)
+        if not need_A:
+            grad_A = A.new_empty((0, 0, 0))
         return grad_x, grad_A, grad_zi
-    with torch.no_grad():
-        grad_x, grad_A, grad_zi = reference.allpole_vjp_reference(grad_y, A, y, zi)
-    if not need_A:
-        grad_A = A.new_empty((0, 0, 0))
-    return grad_x, grad_A, grad_zi
+    return _kernels(backend).allpole_vjp(grad_y, A, y, zi, need_A)

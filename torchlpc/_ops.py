@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import _dispatch
 from ._adjoint import lagged_dot, lagged_outer, lagged_scatter
@@ -38,20 +39,28 @@ allpole_vjp = torch.ops.torchlpc.allpole_vjp.default
 # Shape contract, shared by the fake kernels and the real ones.
 
 
-def _check_operands(x: Tensor, A: Tensor, zi: Tensor) -> None:
-    torch._check(x.dim() == 2, lambda: f"torchlpc::allpole: x must be (B, T), got {tuple(x.shape)}")
-    torch._check(A.dim() == 3, lambda: f"torchlpc::allpole: A must be (B, T, N), got {tuple(A.shape)}")
-    torch._check(zi.dim() == 2, lambda: f"torchlpc::allpole: zi must be (B, N), got {tuple(zi.shape)}")
+def _raise_unless(condition: bool, message) -> None:
+    """``torch._check`` for real tensors, at a fraction of its cost per call."""
+    if not condition:
+        raise RuntimeError(message())
+
+
+def _check_operands(x: Tensor, A: Tensor, zi: Tensor, check=torch._check) -> None:
+    """The ops' shape contract. Fake kernels check with ``torch._check``, which
+    records symbolic shapes as guards; the real kernels use ``_raise_unless``."""
+    check(x.dim() == 2, lambda: f"torchlpc::allpole: x must be (B, T), got {tuple(x.shape)}")
+    check(A.dim() == 3, lambda: f"torchlpc::allpole: A must be (B, T, N), got {tuple(A.shape)}")
+    check(zi.dim() == 2, lambda: f"torchlpc::allpole: zi must be (B, N), got {tuple(zi.shape)}")
     B, T = x.shape
-    torch._check(
+    check(
         A.shape[0] == B and (A.shape[1] == T or A.shape[1] == 1) and A.shape[2] >= 1,
         lambda: f"torchlpc::allpole: A {tuple(A.shape)} does not match x {tuple(x.shape)}",
     )
-    torch._check(
+    check(
         zi.shape[0] == B and zi.shape[1] == A.shape[2],
         lambda: f"torchlpc::allpole: zi {tuple(zi.shape)} does not match A {tuple(A.shape)}",
     )
-    torch._check(
+    check(
         x.dtype == A.dtype == zi.dtype,
         lambda: f"torchlpc::allpole: dtypes differ: x {x.dtype}, A {A.dtype}, zi {zi.dtype}",
     )
@@ -71,6 +80,7 @@ def _allpole_fake(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
 def _allpole_vjp_fake(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool):
     _check_operands(y, A, zi)
     torch._check(grad_y.shape == y.shape, lambda: "torchlpc::allpole_vjp: grad_y and y differ in shape")
+    torch._check(grad_y.dtype == y.dtype, lambda: "torchlpc::allpole_vjp: grad_y and y differ in dtype")
     grad_A = torch.empty_like(A, memory_format=torch.contiguous_format) if need_A else _empty_grad_A(A)
     return (
         torch.empty_like(grad_y, memory_format=torch.contiguous_format),
@@ -80,12 +90,14 @@ def _allpole_vjp_fake(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: 
 
 
 def _allpole_kernel(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
-    _check_operands(x, A, zi)
+    _check_operands(x, A, zi, _raise_unless)
     return _dispatch.allpole(x, A, zi)
 
 
 def _allpole_vjp_kernel(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool):
-    _check_operands(y, A, zi)
+    _check_operands(y, A, zi, _raise_unless)
+    _raise_unless(grad_y.shape == y.shape, lambda: "torchlpc::allpole_vjp: grad_y and y differ in shape")
+    _raise_unless(grad_y.dtype == y.dtype, lambda: "torchlpc::allpole_vjp: grad_y and y differ in dtype")
     return _dispatch.allpole_vjp(grad_y, A, y, zi, need_A)
 
 
@@ -201,12 +213,101 @@ class _AllpoleVjpFunction(torch.autograd.Function):
         return d_grad_x, d_grad_A if ctx.need_A else None, d_grad_zi
 
 
+# The Autograd kernels run on every call, so they are kept cheap. The Functions
+# above are in the style torch.func needs (forward without ctx, setup_context);
+# applying one of those binds its signature on every call, several times the cost
+# of a small filter. The eager kernels therefore use the same derivatives through
+# ctx-first subclasses, and skip autograd altogether when nothing needs a
+# gradient or a tangent.
+#
+# In plain eager mode, where nothing but autograd can observe the call, the
+# round trips through the dispatcher are skipped too and the kernels are called
+# directly: every call into a Python kernel from the dispatcher costs about as
+# much as filtering a few thousand samples. Anything else (torch.compile and the
+# fake tensors it traces with, dispatch and function modes, tensor subclasses,
+# lazy conjugate or negative views, the JIT tracer) goes through the registered
+# ops, whose behaviour is the same.
+
+
+# Dispatch key sets of plain tensors, per device, learnt from a new empty tensor
+# the first time a device is seen. Anything else on a tensor (Batched from the
+# legacy vmap of gradcheck, Conjugate, Negative, Python, functorch's wrappers)
+# shows in its key set.
+_plain_key_sets: set = set()
+
+
+def _is_plain_eager(*tensors: Tensor) -> bool:
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._get_tracing_state() is not None
+    ):
+        return False
+    for t in tensors:
+        if type(t) is not Tensor:
+            return False
+        keys = torch._C._dispatch_keys(t).raw_repr()
+        if keys not in _plain_key_sets:
+            plain = torch._C._dispatch_keys(torch.empty(0, device=t.device)).raw_repr()
+            _plain_key_sets.add(plain)
+            if keys != plain:
+                return False
+    return True
+
+
+def _run_allpole(x, A, zi):
+    if _is_plain_eager(x, A, zi):
+        return _dispatch.allpole(x, A, zi)
+    return _below_autograd(allpole, x, A, zi)
+
+
+def _run_allpole_vjp(grad_y, A, y, zi, need_A):
+    if _is_plain_eager(grad_y, A, y, zi):
+        return _dispatch.allpole_vjp(grad_y, A, y, zi, need_A)
+    return _below_autograd(allpole_vjp, grad_y, A, y, zi, need_A)
+
+
+def _ctx_first(function, run):
+    """``function``'s derivatives, with a ctx-first forward that calls ``run``."""
+
+    class CtxFirst(function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = run(*inputs)
+            function.setup_context(ctx, inputs, output)
+            return output
+
+        setup_context = torch.autograd.Function.setup_context
+
+    CtxFirst.__name__ = CtxFirst.__qualname__ = f"{function.__name__}CtxFirst"
+    return CtxFirst
+
+
+# Called by the Autograd kernels, which may see any kind of tensor...
+_AllpoleEagerFunction = _ctx_first(_AllpoleFunction, _run_allpole)
+_AllpoleVjpEagerFunction = _ctx_first(_AllpoleVjpFunction, _run_allpole_vjp)
+# ...and by filter_op and filter_vjp_op once they know the call is plain eager.
+_AllpoleDirectFunction = _ctx_first(_AllpoleFunction, _dispatch.allpole)
+_AllpoleVjpDirectFunction = _ctx_first(_AllpoleVjpFunction, _dispatch.allpole_vjp)
+
+
+def _needs_autograd(*tensors: Tensor) -> bool:
+    if forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _allpole_autograd(x, A, zi):
-    return _AllpoleFunction.apply(x, A, zi)
+    if _needs_autograd(x, A, zi):
+        return _AllpoleEagerFunction.apply(x, A, zi)
+    return _run_allpole(x, A, zi)
 
 
 def _allpole_vjp_autograd(grad_y, A, y, zi, need_A):
-    return _AllpoleVjpFunction.apply(grad_y, A, y, zi, need_A)
+    if _needs_autograd(grad_y, A, y, zi):
+        return _AllpoleVjpEagerFunction.apply(grad_y, A, y, zi, need_A)
+    return _run_allpole_vjp(grad_y, A, y, zi, need_A)
 
 
 _library.impl("allpole", _allpole_autograd, "Autograd")
@@ -214,14 +315,19 @@ _library.impl("allpole_vjp", _allpole_vjp_autograd, "Autograd")
 
 
 # torch.func transforms (grad, vjp, jacrev, jvp...) cannot run an autograd.Function
-# from inside the dispatcher, so under them the Functions are applied directly;
-# everywhere else (eager autograd, torch.compile) the registered ops are called.
+# from inside the dispatcher, so under them the Functions are applied directly.
+# Plain eager calls go straight to the Autograd kernels (see above); everything
+# else calls the registered ops.
 
 
 def filter_op(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """``torchlpc::allpole`` with autograd, usable under every transform."""
     if torch._C._are_functorch_transforms_active():
         return _AllpoleFunction.apply(x, A, zi)
+    if _is_plain_eager(x, A, zi):
+        if _needs_autograd(x, A, zi):
+            return _AllpoleDirectFunction.apply(x, A, zi)
+        return _dispatch.allpole(x, A, zi)
     return allpole(x, A, zi)
 
 
@@ -229,6 +335,10 @@ def filter_vjp_op(grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool
     """``torchlpc::allpole_vjp`` with autograd, usable under every transform."""
     if torch._C._are_functorch_transforms_active():
         return _AllpoleVjpFunction.apply(grad_y, A, y, zi, need_A)
+    if _is_plain_eager(grad_y, A, y, zi):
+        if _needs_autograd(grad_y, A, y, zi):
+            return _AllpoleVjpDirectFunction.apply(grad_y, A, y, zi, need_A)
+        return _dispatch.allpole_vjp(grad_y, A, y, zi, need_A)
     return allpole_vjp(grad_y, A, y, zi, need_A)
 
 

@@ -371,3 +371,64 @@ def run_over_batch(kernel, work: int, *arguments) -> None:
     for helper in helpers:
         if not helper.cancel():
             helper.result()
+
+
+# ---------------------------------------------------------------------------
+# The ops' CPU kernels: tensors in, tensors out.
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A C-contiguous NumPy view of a CPU tensor's values (a copy only if needed)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    return tensor.numpy()
+
+
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.complex64: np.complex64,
+    torch.complex128: np.complex128,
+}
+
+
+def allpole(x: torch.Tensor, A: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel():
+        run_over_batch(
+            allpole_fwd_kernel, x.numel() * A.shape[-1], _array(x), _array(A), _array(zi), y.numpy()
+        )
+    return y
+
+
+def allpole_vjp(grad_y, A, y, zi, need_A: bool):
+    B, N = zi.shape
+    time_invariant = A.shape[1] == 1
+    grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+    grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
+    grad_A = A.new_empty((0, 0, 0))
+    # The kernel takes both a (B, T, N) grad_A for time-varying A and a (B, N) sum
+    # in double precision for time-invariant A; the one it does not write is an
+    # empty placeholder, typed like the real thing so that one compiled kernel
+    # serves every case.
+    wide = torch.complex128 if A.dtype.is_complex else torch.float64
+    grad_A_rows = np.empty((B, 0, 0), dtype=_NUMPY_DTYPES[A.dtype])
+    grad_a_sums = np.empty((B, 0), dtype=_NUMPY_DTYPES[wide])
+    if need_A and time_invariant:
+        grad_a_wide = torch.zeros(B, N, dtype=wide)
+        grad_a_sums = grad_a_wide.numpy()
+    elif need_A:
+        grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
+        grad_A_rows = grad_A.numpy()
+    if grad_y.numel():
+        run_over_batch(
+            allpole_vjp_kernel, grad_y.numel() * N,
+            _array(grad_y), _array(A), _array(y), _array(zi),
+            grad_x.numpy(), grad_A_rows, grad_a_sums, grad_zi.numpy(), need_A,
+        )
+    if need_A and time_invariant:
+        grad_A = grad_a_wide.to(A.dtype)[:, None, :]
+    return grad_x, grad_A, grad_zi
+
