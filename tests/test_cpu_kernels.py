@@ -1,15 +1,18 @@
 """The numba kernels, path by path, against the reference loop.
 
 The CPU kernels take a different loop for each range of the filter order
-(N = 1, N = 2, 3 <= N < 8 with two lags in registers, N >= 8 with eight lags in
-registers and the rest as vector operations whose length is N - 8), treat the
-first and last N steps apart from the rest, and sum a time-invariant grad_A in
-blocks of ``cpu_numba._BLOCK`` steps. The cases below put every order range,
-every remainder of the vector length (8 float32 or 4 float64 lanes, two vectors
-per iteration of the dot product) and every boundary (T < N, T = N, T = N + 1,
-T just past 2N, T across one and two blocks) through the numba backend, time
-varying and time invariant, and compare y, zf and the gradients of x, A and zi
-with the reference loop run in double precision.
+(N = 1 and time-invariant N = 2 as blocked scans, time-varying N = 2,
+3 <= N < 8 with two lags in registers, N >= 8 with eight lags in registers and
+the rest as vector operations whose length is N - 8), treat the first and last
+N steps apart from the rest, run a time-invariant backward pass as the forward
+kernel backwards in time, and sum a time-invariant grad_A in blocks of
+``cpu_numba._BLOCK`` steps. The cases below put every order range, every
+remainder of the vector length (8 float32 or 4 float64 lanes, two vectors per
+iteration of the dot product) and every boundary (T < N, T = N, T = N + 1,
+T just past 2N, T around whole groups of a blocked scan, T across one and two
+blocks) through the numba backend, time varying and time invariant, and
+compare y, zf and the gradients of x, A and zi with the reference loop run in
+double precision.
 
 Tolerances: ``TOLERANCES`` of conftest.py, as everywhere. Above order 8 the
 reflection coefficients stay below ``HIGH_ORDER_REFLECTION`` in modulus:
@@ -30,6 +33,8 @@ from test_filter import NAMES, library_results, reference_results, upstream_grad
 from torchlpc.kernels import cpu_numba
 
 BLOCK = cpu_numba._BLOCK
+# Steps one group of a blocked scan covers (orders 1 and 2, see _fwd_order1).
+SCAN = cpu_numba._SCAN_BLOCK * cpu_numba._SCAN_CHAINS
 HIGH_ORDER_REFLECTION = 0.5
 
 ORDERS = [1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 20, 24, 33, 64]
@@ -37,6 +42,9 @@ ORDERS = [1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 20, 24, 33, 64]
 
 def _lengths(N):
     lengths = {max(N - 1, 1), N, N + 1, 2 * N + 3, BLOCK + N + 5}
+    if N <= 2:
+        # Around the first whole group of the blocked scans, which start at t = N.
+        lengths |= {SCAN - 1 + N, SCAN + N, SCAN + N + 1, 2 * SCAN + N + 1}
     return sorted(lengths)
 
 
@@ -73,7 +81,7 @@ def test_real_kernels_match_reference(N, T, varying, dtype):
 # Complex dtypes take the loops of torchlpc/kernels/_simd.py instead of vector code.
 COMPLEX_CASES = [
     pytest.param(N, T, id=f"N{N}-T{T}")
-    for N, T in [(1, 40), (2, 3), (2, 60), (5, 4), (5, 70), (9, 12), (16, BLOCK + 40)]
+    for N, T in [(1, 40), (1, 300), (2, 3), (2, 300), (5, 4), (5, 70), (9, 12), (16, BLOCK + 40)]
 ]
 
 

@@ -59,8 +59,12 @@ def _filter(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
         # The time-invariant op takes one coefficient row; an expanded view never
         # turns into a (B, T, N) tensor.
         A = A[..., :1, :]
-    y = _ops.filter_op(x.reshape(B, T), A.reshape(B, A.shape[-2], N), zi.reshape(B, N))
-    return y.reshape(*batch, T).to(dtype)
+    if x.dim() != 2:
+        x, A, zi = x.reshape(B, T), A.reshape(B, A.shape[-2], N), zi.reshape(B, N)
+    y = _ops.filter_op(x, A, zi)
+    if len(batch) != 1:
+        y = y.reshape(*batch, T)
+    return y if y.dtype == dtype else y.to(dtype)
 
 
 def sample_wise_lpc(

@@ -67,12 +67,52 @@ def _fwd_head(x, a, stride, zi, y, head):
         y[t] = acc
 
 
+# Blocked scans. A first-order recursion, or a time-invariant second-order one,
+# is bound by the latency of one multiply-add per step when run step by step.
+# Cut into blocks of _SCAN_BLOCK steps, each block's response from a zero state
+# does not depend on the block before, so _SCAN_CHAINS blocks run interleaved;
+# a second, vectorisable pass adds to each block the response to the state the
+# block before left: y[o + j] += H[j] * state, with H the block's response to a
+# unit state (products of the poles for order 1; fixed for a time-invariant
+# filter). Indices are unsigned (_u): numba checks every signed index for
+# negative values, which costs as much here as the arithmetic.
+_SCAN_BLOCK = 16
+_SCAN_CHAINS = 4
+_u = np.uint64
+
+
 @_kernel
 def _fwd_order1(x, a, stride, y):
-    y1 = y[0]
-    for t in range(1, x.shape[0]):
-        y1 = x[t] - a[t * stride] * y1
-        y[t] = y1
+    """y[t] = x[t] - a[t] y[t-1] for t >= 1 (y[0] is set), as a blocked scan."""
+    T = _u(x.shape[0])
+    s = _u(stride)
+    K = _u(_SCAN_BLOCK)
+    zero = y.dtype.type(0)
+    gains = np.empty(_SCAN_CHAINS * _SCAN_BLOCK, dtype=y.dtype)
+    previous = y[0]
+    start = _u(1)
+    while start + _u(4) * K <= T:
+        i0, i1, i2, i3 = start, start + K, start + _u(2) * K, start + _u(3) * K
+        z0, z1, z2, z3 = x[i0], x[i1], x[i2], x[i3]
+        p0, p1, p2, p3 = -a[i0 * s], -a[i1 * s], -a[i2 * s], -a[i3 * s]
+        y[i0], y[i1], y[i2], y[i3] = z0, z1, z2, z3
+        gains[0], gains[K], gains[_u(2) * K], gains[_u(3) * K] = p0, p1, p2, p3
+        for j in range(_u(1), K):
+            c0, c1, c2, c3 = a[(i0 + j) * s], a[(i1 + j) * s], a[(i2 + j) * s], a[(i3 + j) * s]
+            z0, z1 = x[i0 + j] - c0 * z0, x[i1 + j] - c1 * z1
+            z2, z3 = x[i2 + j] - c2 * z2, x[i3 + j] - c3 * z3
+            p0, p1, p2, p3 = zero - c0 * p0, zero - c1 * p1, zero - c2 * p2, zero - c3 * p3
+            y[i0 + j], y[i1 + j], y[i2 + j], y[i3 + j] = z0, z1, z2, z3
+            gains[j], gains[K + j], gains[_u(2) * K + j], gains[_u(3) * K + j] = p0, p1, p2, p3
+        for g in range(_u(4)):
+            o = start + g * K
+            for j in range(K):
+                y[o + j] = gains[g * K + j] * previous + y[o + j]
+            previous = y[o + K - _u(1)]
+        start += _u(4) * K
+    for t in range(start, T):
+        previous = x[t] - a[t * s] * previous
+        y[t] = previous
 
 
 @_kernel
@@ -83,6 +123,50 @@ def _fwd_order2(x, a, stride, y):
         value = (x[t] - a[r + 1] * y2) - a[r] * y1
         y[t] = value
         y2, y1 = y1, value
+
+
+@_kernel
+def _fwd_order2_invariant(x, a, y):
+    """Time-invariant order 2 from t >= 2 (y[0], y[1] are set), as a blocked scan."""
+    T = _u(x.shape[0])
+    K = _u(_SCAN_BLOCK)
+    a1, a2 = a[0], a[1]
+    zero = y.dtype.type(0)
+    # The block's response to y[o-1] = 1 (gain1) and to y[o-2] = 1 (gain2).
+    gain1 = np.empty(_SCAN_BLOCK, dtype=y.dtype)
+    gain2 = np.empty(_SCAN_BLOCK, dtype=y.dtype)
+    h1, h1_older = y.dtype.type(1), zero
+    h2, h2_older = zero, y.dtype.type(1)
+    for j in range(K):
+        h1, h1_older = (zero - a2 * h1_older) - a1 * h1, h1
+        h2, h2_older = (zero - a2 * h2_older) - a1 * h2, h2
+        gain1[j], gain2[j] = h1, h2
+    last, before = y[1], y[0]
+    start = _u(2)
+    while start + _u(4) * K <= T:
+        i0, i1, i2, i3 = start, start + K, start + _u(2) * K, start + _u(3) * K
+        z0, z1, z2, z3 = x[i0], x[i1], x[i2], x[i3]
+        y[i0], y[i1], y[i2], y[i3] = z0, z1, z2, z3
+        w0, w1, w2, w3 = z0, z1, z2, z3
+        z0, z1 = x[i0 + _u(1)] - a1 * z0, x[i1 + _u(1)] - a1 * z1
+        z2, z3 = x[i2 + _u(1)] - a1 * z2, x[i3 + _u(1)] - a1 * z3
+        y[i0 + _u(1)], y[i1 + _u(1)], y[i2 + _u(1)], y[i3 + _u(1)] = z0, z1, z2, z3
+        for j in range(_u(2), K):
+            v0, v1 = (x[i0 + j] - a2 * w0) - a1 * z0, (x[i1 + j] - a2 * w1) - a1 * z1
+            v2, v3 = (x[i2 + j] - a2 * w2) - a1 * z2, (x[i3 + j] - a2 * w3) - a1 * z3
+            w0, w1, w2, w3 = z0, z1, z2, z3
+            z0, z1, z2, z3 = v0, v1, v2, v3
+            y[i0 + j], y[i1 + j], y[i2 + j], y[i3 + j] = z0, z1, z2, z3
+        for g in range(_u(4)):
+            o = start + g * K
+            for j in range(K):
+                y[o + j] = (gain2[j] * before + y[o + j]) + gain1[j] * last
+            last, before = y[o + K - _u(1)], y[o + K - _u(2)]
+        start += _u(4) * K
+    for t in range(start, T):
+        value = (x[t] - a2 * before) - a1 * last
+        y[t] = value
+        before, last = last, value
 
 
 @_kernel
@@ -115,18 +199,18 @@ def _fwd_long(x, a, stride, N, y):
 
 
 @_kernel
-def _allpole_fwd_row(x, A, zi, y):
-    """One sequence: x (T,), A (T, N), or (1, N) for a time-invariant filter."""
+def _fwd(x, a, stride, zi, y):
+    """The filter over one sequence; x and y may be the same array."""
     T = x.shape[0]
-    N = A.shape[1]
-    a = A.reshape(A.size)
-    stride = 0 if A.shape[0] == 1 else N
+    N = zi.shape[0]
     head = min(N, T)
     _fwd_head(x, a, stride, zi, y, head)
     if head == T:
         return
     if N == 1:
         _fwd_order1(x, a, stride, y)
+    elif N == 2 and stride == 0:
+        _fwd_order2_invariant(x, a, y)
     elif N == 2:
         _fwd_order2(x, a, stride, y)
     elif N < _REGISTER_LAGS:
@@ -135,14 +219,216 @@ def _allpole_fwd_row(x, A, zi, y):
         _fwd_long(x, a, stride, N, y)
 
 
+@_kernel
+def _allpole_fwd_row(x, A, zi, y):
+    """One sequence: x (T,), A (T, N), or (1, N) for a time-invariant filter."""
+    _fwd(x, A.reshape(A.size), 0 if A.shape[0] == 1 else A.shape[1], zi, y)
+
+
 # ---------------------------------------------------------------------------
-# Backward. Below eight lags, the gather form
+# Backward, time-varying. Below eight lags, the gather form
 #     grad_x[t] = grad_y[t] - sum_i conj(A[t+i, i-1]) grad_x[t+i]
 # reads A along the shifted diagonal: those N rows lie within a few cache lines,
 # and the newest values stay in registers as in the forward. From eight lags on,
 # the scatter form reads A by rows and pushes into grad_x, so that A and grad_A
-# are streamed in memory order. grad_A[t] is written in the same step, or, for a
-# time-invariant filter, summed block by block (_ti_grad_sums).
+# are streamed in memory order. grad_A[t] is written in the same step.
+
+
+@_kernel
+def _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t):
+    """One gather step with every bound checked: for the first and the last N steps."""
+    T = grad_y.shape[0]
+    N = zi.shape[0]
+    g = grad_y[t]
+    for i in range(1, min(N, T - 1 - t) + 1):
+        g -= np.conj(a[(t + i) * N + i - 1]) * grad_x[t + i]
+    grad_x[t] = g
+    if need_A:
+        for i in range(1, N + 1):
+            past = y[t - i] if i <= t else zi[i - t - 1]
+            grad_A[t * N + i - 1] = -g * np.conj(past)
+
+
+@_kernel
+def _bwd_order1(grad_y, a, y, zi, grad_x, grad_A, need_A):
+    """N = 1 and T >= 2, all of it: grad_x[t] = grad_y[t] - conj(a[t+1]) grad_x[t+1]
+    as a blocked scan backwards in time (see _fwd_order1), grad_A per group of blocks."""
+    T = grad_y.shape[0]
+    K = _u(_SCAN_BLOCK)
+    zero = grad_y.dtype.type(0)
+    gains = np.empty(_SCAN_CHAINS * _SCAN_BLOCK, dtype=grad_y.dtype)
+    following = grad_y[T - 1]
+    grad_x[T - 1] = following
+    if need_A:
+        grad_A[T - 1] = -following * np.conj(y[T - 2])
+    # Blocks run downwards from `top`; block g covers top - g K - j for j < K.
+    top = T - 2
+    span = _SCAN_CHAINS * _SCAN_BLOCK
+    while top + 1 >= span:
+        i0 = _u(top)
+        i1, i2, i3 = i0 - K, i0 - _u(2) * K, i0 - _u(3) * K
+        z0, z1, z2, z3 = grad_y[i0], grad_y[i1], grad_y[i2], grad_y[i3]
+        p0 = -np.conj(a[i0 + _u(1)])
+        p1 = -np.conj(a[i1 + _u(1)])
+        p2 = -np.conj(a[i2 + _u(1)])
+        p3 = -np.conj(a[i3 + _u(1)])
+        grad_x[i0], grad_x[i1], grad_x[i2], grad_x[i3] = z0, z1, z2, z3
+        gains[0], gains[K], gains[_u(2) * K], gains[_u(3) * K] = p0, p1, p2, p3
+        for j in range(_u(1), K):
+            c0, c1 = np.conj(a[i0 - j + _u(1)]), np.conj(a[i1 - j + _u(1)])
+            c2, c3 = np.conj(a[i2 - j + _u(1)]), np.conj(a[i3 - j + _u(1)])
+            z0, z1 = grad_y[i0 - j] - c0 * z0, grad_y[i1 - j] - c1 * z1
+            z2, z3 = grad_y[i2 - j] - c2 * z2, grad_y[i3 - j] - c3 * z3
+            p0, p1, p2, p3 = zero - c0 * p0, zero - c1 * p1, zero - c2 * p2, zero - c3 * p3
+            grad_x[i0 - j], grad_x[i1 - j], grad_x[i2 - j], grad_x[i3 - j] = z0, z1, z2, z3
+            gains[j], gains[K + j], gains[_u(2) * K + j], gains[_u(3) * K + j] = p0, p1, p2, p3
+        for g in range(_u(4)):
+            o = i0 - g * K
+            for j in range(K):
+                grad_x[o - j] = gains[g * K + j] * following + grad_x[o - j]
+            following = grad_x[o - K + _u(1)]
+        if need_A:
+            low = i3 - K + _u(1)
+            first = max(low, _u(1))
+            for t in range(first, i0 + _u(1)):
+                grad_A[t] = -grad_x[t] * np.conj(y[t - _u(1)])
+        top -= span
+    for t in range(top, -1, -1):
+        following = grad_y[t] - np.conj(a[t + 1]) * following
+        grad_x[t] = following
+        if need_A and t >= 1:
+            grad_A[t] = -following * np.conj(y[t - 1])
+    if need_A:
+        grad_A[0] = -grad_x[0] * np.conj(zi[0])
+
+
+@_kernel
+def _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, high, low):
+    g1, g2 = grad_x[high + 1], grad_x[high + 2]
+    for t in range(high, low - 1, -1):
+        g = (grad_y[t] - np.conj(a[2 * (t + 2) + 1]) * g2) - np.conj(a[2 * (t + 1)]) * g1
+        grad_x[t] = g
+        if need_A:
+            grad_A[2 * t] = -g * np.conj(y[t - 1])
+            grad_A[2 * t + 1] = -g * np.conj(y[t - 2])
+        g2, g1 = g1, g
+
+
+@_kernel
+def _bwd_short(grad_y, a, N, y, grad_x, grad_A, need_A, high, low):
+    g1, g2 = grad_x[high + 1], grad_x[high + 2]
+    for t in range(high, low - 1, -1):
+        acc = grad_y[t]
+        for i in range(3, N + 1):
+            acc -= np.conj(a[(t + i) * N + i - 1]) * grad_x[t + i]
+        g = (acc - np.conj(a[(t + 2) * N + 1]) * g2) - np.conj(a[(t + 1) * N]) * g1
+        grad_x[t] = g
+        if need_A:
+            set_neg_scaled_conj_reversed(grad_A, t * N, y, t - 1, g, N)
+        g2, g1 = g1, g
+
+
+@_kernel
+def _bwd_gather(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
+    """2 <= N < 8. The steps with t + N <= T - 1 and t >= N run unchecked."""
+    T = grad_y.shape[0]
+    N = zi.shape[0]
+    t = T - 1
+    while t > T - 1 - N and t >= 0:
+        _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t)
+        t -= 1
+    if t >= N:
+        if N == 2:
+            _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, t, N)
+        else:
+            _bwd_short(grad_y, a, N, y, grad_x, grad_A, need_A, t, N)
+        t = N - 1
+    while t >= 0:
+        _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t)
+        t -= 1
+    _grad_zi(a, N, grad_x, grad_zi)
+
+
+@_kernel
+def _grad_zi(a, stride, grad_x, grad_zi):
+    """zi[k] stands for y[-1-k], which step t reaches through lag i = t + 1 + k."""
+    N = grad_zi.shape[0]
+    for k in range(N):
+        acc = grad_zi.dtype.type(0)
+        for t in range(min(N - k, grad_x.shape[0])):
+            acc -= np.conj(a[t * stride + t + k]) * grad_x[t]
+        grad_zi[k] = acc
+
+
+@_kernel
+def _bwd_scatter(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
+    """N >= 8: contributions owed to the next eight times in registers, older ones
+    pushed into grad_x (which therefore starts as grad_y)."""
+    T = grad_y.shape[0]
+    N = zi.shape[0]
+    for t in range(T):
+        grad_x[t] = grad_y[t]
+    for k in range(N):
+        grad_zi[k] = 0
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = grad_y.dtype.type(0)
+    high = T - 1
+    for s in range(high, N - 1, -1):
+        r = s * N
+        g = grad_x[s] + p0
+        p0 = p1 - np.conj(a[r]) * g
+        p1 = p2 - np.conj(a[r + 1]) * g
+        p2 = p3 - np.conj(a[r + 2]) * g
+        p3 = p4 - np.conj(a[r + 3]) * g
+        p4 = p5 - np.conj(a[r + 4]) * g
+        p5 = p6 - np.conj(a[r + 5]) * g
+        p6 = p7 - np.conj(a[r + 6]) * g
+        p7 = -np.conj(a[r + 7]) * g
+        sub_conj_scaled_reversed(grad_x, s - 9, a, r + 8, g, N - 8)
+        grad_x[s] = g
+        if need_A:
+            set_neg_scaled_conj_reversed(grad_A, r, y, s - 1, g, N)
+    high = min(high, N - 1)
+    # The registers owe grad_x[high - j]; then the first N steps, which reach zi.
+    owed = (p0, p1, p2, p3, p4, p5, p6, p7)
+    for j in range(8):
+        if high - j >= 0:
+            grad_x[high - j] += owed[j]
+    for s in range(high, -1, -1):
+        r = s * N
+        g = grad_x[s]
+        for i in range(1, s + 1):
+            grad_x[s - i] -= np.conj(a[r + i - 1]) * g
+        for i in range(s + 1, N + 1):
+            grad_zi[i - s - 1] -= np.conj(a[r + i - 1]) * g
+        if need_A:
+            for i in range(1, N + 1):
+                past = y[s - i] if i <= s else zi[i - s - 1]
+                grad_A[r + i - 1] = -g * np.conj(past)
+
+
+# ---------------------------------------------------------------------------
+# Backward, time-invariant: grad_x is the same filter with conj(a), run backwards
+# in time from a zero state, so it is the forward kernel on grad_y reversed (in
+# grad_x, in place); grad_a is then a sum of dot products, block by block.
+
+
+@_kernel
+def _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+    T = grad_y.shape[0]
+    N = zi.shape[0]
+    for t in range(T):
+        grad_x[t] = grad_y[T - 1 - t]
+    _fwd(grad_x, np.conj(a), 0, np.zeros_like(zi), grad_x)
+    for t in range(T // 2):
+        grad_x[t], grad_x[T - 1 - t] = grad_x[T - 1 - t], grad_x[t]
+    if need_A:
+        for low in range(N, T, _BLOCK):
+            _ti_grad_sums(grad_x, y, low, min(low + _BLOCK, T) - 1, grad_a)
+        for t in range(min(N, T)):
+            for i in range(1, N + 1):
+                past = y[t - i] if i <= t else zi[i - t - 1]
+                grad_a[i - 1] -= grad_x[t] * np.conj(past)
+    _grad_zi(a, 0, grad_x, grad_zi)
 
 
 @_kernel
@@ -153,154 +439,23 @@ def _ti_grad_sums(grad_x, y, low, high, grad_a):
 
 
 @_kernel
-def _bwd_checked_step(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, need_A, t):
-    """One gather step with every bound checked: for the first and the last N steps."""
-    T = grad_y.shape[0]
-    N = zi.shape[0]
-    g = grad_y[t]
-    for i in range(1, min(N, T - 1 - t) + 1):
-        g -= np.conj(a[(t + i) * stride + i - 1]) * grad_x[t + i]
-    grad_x[t] = g
-    if need_A:
-        for i in range(1, N + 1):
-            past = y[t - i] if i <= t else zi[i - t - 1]
-            if stride == 0:
-                grad_a[i - 1] -= g * np.conj(past)
-            else:
-                grad_A[t * N + i - 1] = -g * np.conj(past)
-
-
-@_kernel
-def _bwd_order1(grad_y, a, stride, y, grad_x, grad_A, write_A, high, low):
-    g1 = grad_x[high + 1]
-    for t in range(high, low - 1, -1):
-        g1 = grad_y[t] - np.conj(a[(t + 1) * stride]) * g1
-        grad_x[t] = g1
-        if write_A:
-            grad_A[t] = -g1 * np.conj(y[t - 1])
-
-
-@_kernel
-def _bwd_order2(grad_y, a, stride, y, grad_x, grad_A, write_A, high, low):
-    g1, g2 = grad_x[high + 1], grad_x[high + 2]
-    for t in range(high, low - 1, -1):
-        g = (grad_y[t] - np.conj(a[(t + 2) * stride + 1]) * g2) - np.conj(a[(t + 1) * stride]) * g1
-        grad_x[t] = g
-        if write_A:
-            grad_A[2 * t] = -g * np.conj(y[t - 1])
-            grad_A[2 * t + 1] = -g * np.conj(y[t - 2])
-        g2, g1 = g1, g
-
-
-@_kernel
-def _bwd_short(grad_y, a, stride, N, y, grad_x, grad_A, write_A, high, low):
-    g1, g2 = grad_x[high + 1], grad_x[high + 2]
-    for t in range(high, low - 1, -1):
-        acc = grad_y[t]
-        for i in range(3, N + 1):
-            acc -= np.conj(a[(t + i) * stride + i - 1]) * grad_x[t + i]
-        g = (acc - np.conj(a[(t + 2) * stride + 1]) * g2) - np.conj(a[(t + 1) * stride]) * g1
-        grad_x[t] = g
-        if write_A:
-            set_neg_scaled_conj_reversed(grad_A, t * N, y, t - 1, g, N)
-        g2, g1 = g1, g
-
-
-@_kernel
-def _bwd_gather(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
-    """N < 8. The steps with t + N <= T - 1 and t >= N run unchecked, in blocks."""
-    T = grad_y.shape[0]
-    N = zi.shape[0]
-    interior_high = T - 1 - N
-    t = T - 1
-    while t > interior_high and t >= 0:
-        _bwd_checked_step(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, need_A, t)
-        t -= 1
-    write_A = need_A and stride != 0
-    while t >= N:
-        low = max(N, t - _BLOCK + 1)
-        if N == 1:
-            _bwd_order1(grad_y, a, stride, y, grad_x, grad_A, write_A, t, low)
-        elif N == 2:
-            _bwd_order2(grad_y, a, stride, y, grad_x, grad_A, write_A, t, low)
-        else:
-            _bwd_short(grad_y, a, stride, N, y, grad_x, grad_A, write_A, t, low)
-        if need_A and stride == 0:
-            _ti_grad_sums(grad_x, y, low, t, grad_a)
-        t = low - 1
-    while t >= 0:
-        _bwd_checked_step(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, need_A, t)
-        t -= 1
-    # zi[k] stands for y[-1-k], which step t reaches through lag i = t + 1 + k.
-    for k in range(N):
-        for t in range(min(N - k, T)):
-            grad_zi[k] -= np.conj(a[t * stride + t + k]) * grad_x[t]
-
-
-@_kernel
-def _bwd_scatter(grad_y, a, stride, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
-    """N >= 8: contributions owed to the next eight times in registers, older ones
-    pushed into grad_x (which therefore starts as grad_y)."""
-    T = grad_y.shape[0]
-    N = zi.shape[0]
-    for t in range(T):
-        grad_x[t] = grad_y[t]
-    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = grad_y.dtype.type(0)
-    write_A = need_A and stride != 0
-    high = T - 1
-    while high >= N:
-        low = max(N, high - _BLOCK + 1)
-        for s in range(high, low - 1, -1):
-            r = s * stride
-            g = grad_x[s] + p0
-            p0 = p1 - np.conj(a[r]) * g
-            p1 = p2 - np.conj(a[r + 1]) * g
-            p2 = p3 - np.conj(a[r + 2]) * g
-            p3 = p4 - np.conj(a[r + 3]) * g
-            p4 = p5 - np.conj(a[r + 4]) * g
-            p5 = p6 - np.conj(a[r + 5]) * g
-            p6 = p7 - np.conj(a[r + 6]) * g
-            p7 = -np.conj(a[r + 7]) * g
-            sub_conj_scaled_reversed(grad_x, s - 9, a, r + 8, g, N - 8)
-            grad_x[s] = g
-            if write_A:
-                set_neg_scaled_conj_reversed(grad_A, s * N, y, s - 1, g, N)
-        if need_A and stride == 0:
-            _ti_grad_sums(grad_x, y, low, high, grad_a)
-        high = low - 1
-    # The registers owe grad_x[high - j]; then the first N steps, which reach zi.
-    owed = (p0, p1, p2, p3, p4, p5, p6, p7)
-    for j in range(8):
-        if high - j >= 0:
-            grad_x[high - j] += owed[j]
-    for s in range(high, -1, -1):
-        r = s * stride
-        g = grad_x[s]
-        for i in range(1, s + 1):
-            grad_x[s - i] -= np.conj(a[r + i - 1]) * g
-        for i in range(s + 1, N + 1):
-            grad_zi[i - s - 1] -= np.conj(a[r + i - 1]) * g
-        if need_A:
-            for i in range(1, N + 1):
-                past = y[s - i] if i <= s else zi[i - s - 1]
-                if stride == 0:
-                    grad_a[i - 1] -= g * np.conj(past)
-                else:
-                    grad_A[s * N + i - 1] = -g * np.conj(past)
-
-
-@_kernel
 def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
     """One sequence. Time-varying A (T, N) writes grad_A (T, N); time-invariant
-    A (1, N) adds into grad_a (N,), which may be wider than A. grad_zi and grad_a
-    arrive zeroed."""
+    A (1, N) adds into grad_a (N,), which may be wider than A and arrives zeroed.
+    grad_zi is overwritten."""
     a = A.reshape(A.size)
+    N = A.shape[1]
+    if A.shape[0] == 1:
+        _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A)
+        return
     grad = grad_A.reshape(grad_A.size)
-    stride = 0 if A.shape[0] == 1 else A.shape[1]
-    if A.shape[1] < _REGISTER_LAGS:
-        _bwd_gather(grad_y, a, stride, y, zi, grad_x, grad, grad_a, grad_zi, need_A)
+    if N == 1:
+        _bwd_order1(grad_y, a, y, zi, grad_x, grad, need_A)
+        grad_zi[0] = -np.conj(a[0]) * grad_x[0]
+    elif N < _REGISTER_LAGS:
+        _bwd_gather(grad_y, a, y, zi, grad_x, grad, grad_zi, need_A)
     else:
-        _bwd_scatter(grad_y, a, stride, y, zi, grad_x, grad, grad_a, grad_zi, need_A)
+        _bwd_scatter(grad_y, a, y, zi, grad_x, grad, grad_zi, need_A)
 
 
 # Drivers over the batch. They release the GIL, so run_over_batch can give each
@@ -407,7 +562,7 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     B, N = zi.shape
     time_invariant = A.shape[1] == 1
     grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
-    grad_zi = torch.zeros_like(zi, memory_format=torch.contiguous_format)
+    grad_zi = torch.empty_like(zi, memory_format=torch.contiguous_format)
     grad_A = A.new_empty((0, 0, 0))
     # The kernel takes both a (B, T, N) grad_A for time-varying A and a (B, N) sum
     # in double precision for time-invariant A; the one it does not write is an
