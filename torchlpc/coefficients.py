@@ -268,6 +268,9 @@ def sos_to_lpc(sos: Tensor) -> Tensor:
 
     Each section is normalised by its leading coefficient ``a_{s,0}``. A section
     with ``a_{s,2} = 0`` is first order; the result keeps its trailing zero.
+    Multiplied out, the poles of many sections are far more sensitive to rounding
+    of the coefficients than the sections were (a stable float64 design can turn
+    unstable in float32); check with :func:`is_stable` after converting.
 
     Args:
         sos: second-order sections, either rows ``[b0, b1, b2, a0, a1, a2]`` as in
