@@ -53,6 +53,13 @@ def test_synthesis_is_upsample_then_filter(batch, T, hop, N, mode, dtype):
     torch.testing.assert_close(synth(excitation, frames), expected, **TOL[dtype])
 
 
+def test_synthesis_of_an_empty_excitation_returns_the_state():
+    zi = torch.tensor([[0.5, -0.25]])
+    y, zf = AllPoleSynthesis(4)(torch.ones(1, 0), torch.zeros(1, 0, 2), zi=zi, return_zf=True)
+    assert y.shape == (1, 0)
+    torch.testing.assert_close(zf, zi)
+
+
 def test_synthesis_resynthesises_analysed_signal():
     g = torch.Generator().manual_seed(0)
     T, hop = 700, 64
