@@ -254,6 +254,13 @@ def test_analysis_upsample_resynthesis_round_trip(T, hop, mode):
 
 
 @pytest.mark.parametrize("mode", ["linear", "reflection", "hold"])
+def test_no_frames_give_no_samples(mode):
+    for length in (None, 0):
+        A = upsample_coefficients(torch.ones(3, 0, 2), 4, mode=mode, length=length)
+        assert A.shape == (3, 0, 2)
+
+
+@pytest.mark.parametrize("mode", ["linear", "reflection", "hold"])
 def test_gradcheck_upsample(mode):
     g = torch.Generator().manual_seed(4)
     frames = reflection_to_lpc(0.8 * torch.rand(2, 3, 3, dtype=torch.float64, generator=g) - 0.4)
@@ -276,6 +283,7 @@ ERROR_CASES = [
     pytest.param(lambda: levinson_durbin(torch.ones(3), order=5), ValueError, r"order 5 needs r\[0\] .. r\[5\]", id="levinson-short"),
     pytest.param(lambda: upsample_coefficients(torch.ones(4, 2), 0), ValueError, "hop_length must be at least 1", id="hop0"),
     pytest.param(lambda: upsample_coefficients(torch.ones(2), 4), ValueError, r"A must have shape \(\*, F, N\)", id="1d-A"),
+    pytest.param(lambda: upsample_coefficients(torch.ones(3, 0, 2), 4, length=5), ValueError, r"A \(3, 0, 2\) has no frames, so it cannot give length 5", id="no-frames"),
     pytest.param(lambda: upsample_coefficients(torch.ones(4, 2), 4, mode="cubic"), ValueError, "mode must be one of linear, reflection, hold", id="mode"),
     pytest.param(lambda: upsample_coefficients(torch.ones(4, 2), 4, length=-1), ValueError, "length must be a non-negative int", id="length"),
 ]

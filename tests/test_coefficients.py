@@ -183,6 +183,20 @@ def test_empty_order():
     for f in (reflection_to_lpc, lpc_to_reflection, roots_to_lpc):
         assert f(empty).shape == (3, 0)
     assert is_stable(empty).all() and lpc_to_roots(empty).shape == (3, 0)
+    # No sections: the polynomial 1.
+    for width in (3, 6):
+        assert sos_to_lpc(torch.zeros(3, 0, width)).shape == (3, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_roots_of_half_precision_are_computed_in_float32(dtype):
+    roots = torch.tensor([[0.5, -0.25, 0.75]])
+    A = roots_to_lpc(roots).to(dtype)
+    found = lpc_to_roots(A)
+    assert found.dtype == torch.complex64
+    expected = lpc_to_roots(A.float())
+    torch.testing.assert_close(found, expected)
+    torch.testing.assert_close(found.real.sort(-1).values, roots.sort(-1).values, rtol=0, atol=2e-2)
 
 
 ERROR_CASES = [

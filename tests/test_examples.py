@@ -1,5 +1,7 @@
-"""Every script in examples/ runs with --quick and writes what it says it writes,
-and every Python code block in the documentation pages runs.
+"""Every script in examples/ runs with --quick, writes what it says it writes and
+gets the result it is about (resynthesis close to the input, a learned filter close
+to the true one, DDP ranks in step), and every Python code block in the
+documentation pages runs. Under CI=true nothing here is skipped.
 
 Each example runs in a subprocess, as a user would start it, from the repository
 root with the repository on PYTHONPATH and its output directory in tmp_path. The
@@ -25,8 +27,44 @@ DOCS = ROOT / "docs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# CI sets CI=true; there a missing prerequisite is a failure, never a skip.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def _gloo_missing() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_gloo_available())
+
+
+def _check_analysis_resynthesis(stdout: str, out: Path) -> None:
+    snr = float(re.search(r"reconstruction from the residual: .* SNR ([\d.]+) dB", stdout)[1])
+    assert snr > 60, f"resynthesis from the residual is only {snr} dB from the input"
+    assert "all stable: True" in stdout
+
+
+def _check_learning(stdout: str, out: Path) -> None:
+    summary = json.loads((out / "learn_time_varying_filter.json").read_text())
+    losses = summary["losses"]
+    assert losses[-1] < 1e-3 * losses[0], f"the loss only went from {losses[0]} to {losses[-1]}"
+    assert summary["max_coefficient_error"] < 0.1, summary["max_coefficient_error"]
+
+
+def _check_envelope(stdout: str, out: Path) -> None:
+    summary = json.loads((out / "envelope_follower.json").read_text())
+    for name, model in summary["models"].items():
+        assert model["losses"][-1] < model["losses"][0], f"{name} did not learn"
+
+
+def _check_compile(stdout: str, out: Path) -> None:
+    summary = json.loads((out / "compile_training.json").read_text())
+    assert summary["compiled_step_ms"] > 0 and summary["eager_step_ms"] > 0
+    assert len(summary["eager_losses"]) == len(summary["compiled_losses"]) == summary["steps"] + 1
+
+
+def _check_ddp(stdout: str, out: Path) -> None:
+    assert "not started by torchrun" not in stdout, "the DDP example did not run under torchrun"
+    summary = json.loads((out / "ddp_training.json").read_text())
+    assert (summary["world_size"], summary["backend"]) == (2, "gloo"), summary
+    assert summary["gradient_spread"] == 0 and summary["parameter_spread"] == 0
 
 
 def _torchrun(script: str) -> list[str]:
@@ -36,13 +74,14 @@ def _torchrun(script: str) -> list[str]:
 
 # script, how to start it, files it must write to --out (None: it takes no --out and
 # writes nothing), seconds allowed (torch.compile's first compilation on a cold cache
-# takes most of its time).
+# takes most of its time), and a check of what it printed and wrote.
 CASES = [
     pytest.param(
         "analysis_resynthesis.py",
         None,
         ("input.wav", "resynthesis.wav", "whisper.wav", "analysis_resynthesis.png"),
         120,
+        _check_analysis_resynthesis,
         id="analysis_resynthesis",
     ),
     pytest.param(
@@ -50,6 +89,7 @@ CASES = [
         None,
         ("learn_time_varying_filter.png", "learn_time_varying_filter.json"),
         120,
+        _check_learning,
         id="learn_time_varying_filter",
     ),
     pytest.param(
@@ -57,6 +97,7 @@ CASES = [
         None,
         ("envelope_follower.png", "envelope_follower.json"),
         120,
+        _check_envelope,
         id="envelope_follower",
     ),
     pytest.param(
@@ -64,6 +105,7 @@ CASES = [
         None,
         ("compile_training.json",),
         300,
+        _check_compile,
         id="compile_training",
     ),
     pytest.param(
@@ -71,12 +113,13 @@ CASES = [
         _torchrun,
         ("ddp_training.json",),
         180,
+        _check_ddp,
         id="ddp_training",
         marks=pytest.mark.skipif(
-            _gloo_missing(), reason="torch.distributed has no gloo backend here"
+            _gloo_missing() and not IN_CI, reason="torch.distributed has no gloo backend here"
         ),
     ),
-    pytest.param("demo.py", None, None, 120, id="demo"),
+    pytest.param("demo.py", None, None, 120, None, id="demo"),
 ]
 
 
@@ -107,11 +150,10 @@ def _check_file(path: Path) -> None:
         json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("script, launcher, files, timeout", CASES)
-def test_example_runs_quick(script, launcher, files, timeout, tmp_path):
+@pytest.mark.parametrize("script, launcher, files, timeout, check", CASES)
+def test_example_runs_quick(script, launcher, files, timeout, check, tmp_path):
     path = EXAMPLES / script
-    if not path.exists():
-        pytest.skip(f"examples/{script} does not exist in this checkout")
+    assert path.is_file(), f"examples/{script} is listed in CASES but does not exist"
     relative = str(path.relative_to(ROOT))
     args = [*(launcher(relative) if launcher else [relative]), "--quick"]
     if files is not None:
@@ -124,12 +166,15 @@ def test_example_runs_quick(script, launcher, files, timeout, tmp_path):
     assert result.stdout.strip(), f"examples/{script} printed nothing"
     for name in files or ():
         _check_file(tmp_path / name)
+    if check is not None:
+        check(result.stdout, tmp_path)
 
 
 def test_every_example_is_run():
     scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
     listed = {case.values[0] for case in CASES}
     assert scripts <= listed, f"add {sorted(scripts - listed)} to CASES in tests/test_examples.py"
+    assert listed <= scripts, f"CASES lists {sorted(listed - scripts)}, which examples/ lacks"
 
 
 # Fenced ```python blocks at the start of a line; indented ones (the example sources

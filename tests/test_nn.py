@@ -53,6 +53,13 @@ def test_synthesis_is_upsample_then_filter(batch, T, hop, N, mode, dtype):
     torch.testing.assert_close(synth(excitation, frames), expected, **TOL[dtype])
 
 
+def test_synthesis_of_an_empty_excitation_returns_the_state():
+    zi = torch.tensor([[0.5, -0.25]])
+    y, zf = AllPoleSynthesis(4)(torch.ones(1, 0), torch.zeros(1, 0, 2), zi=zi, return_zf=True)
+    assert y.shape == (1, 0)
+    torch.testing.assert_close(zf, zi)
+
+
 def test_synthesis_resynthesises_analysed_signal():
     g = torch.Generator().manual_seed(0)
     T, hop = 700, 64
@@ -137,6 +144,20 @@ def test_smoother_has_unit_dc_gain_and_learns_stably():
         assert 0 <= float(smoother.pole) <= 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_smoother_runs_in_float32(dtype):
+    # A pole near 1: rounded to half, 1 - p would be off by a few percent.
+    g = torch.Generator().manual_seed(3)
+    smoother = OnePoleSmoother(0.999, learnable=False)
+    x = torch.randn(2, 3000, generator=g).to(dtype)
+    zi = torch.tensor([0.5, -0.25]).to(dtype)
+    y = smoother(x, zi)
+    assert y.dtype == dtype
+    # Only the final rounding to half separates it from the float32 result.
+    expected = smoother(x.float(), zi.float())
+    torch.testing.assert_close(y, expected.to(dtype), rtol=0, atol=0)
+
+
 def test_fixed_smoother_has_no_parameters():
     smoother = OnePoleSmoother(torch.tensor([0.3, 0.6]), learnable=False)
     assert list(smoother.parameters()) == []
@@ -167,6 +188,8 @@ SMOOTHER_ERRORS = [
     pytest.param(lambda: OnePoleSmoother(torch.tensor([1, 0])), TypeError, "real floating point", id="pole-int"),
     pytest.param(lambda: OnePoleSmoother(torch.tensor([0.5, 0.6]))(torch.ones(2, 3, 10)), ValueError, r"pole \(2\) does not broadcast to the batch shape \(2, 3\)", id="pole-shape"),
     pytest.param(lambda: OnePoleSmoother()(torch.tensor(1.0)), ValueError, "x must have shape", id="0d-x"),
+    pytest.param(lambda: OnePoleSmoother()(torch.ones(2, 5).half(), torch.zeros(2)), TypeError, "OnePoleSmoother: zi has dtype torch.float32 but x has dtype torch.float16", id="zi-dtype"),
+    pytest.param(lambda: OnePoleSmoother()(torch.ones(2, 5), [0.0, 0.0]), TypeError, "zi must be a torch.Tensor", id="zi-list"),
 ]
 
 

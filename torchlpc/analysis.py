@@ -272,7 +272,8 @@ def upsample_coefficients(
             keeps frame ``f`` for samples ``f * h .. (f + 1) * h - 1``.
             Default: ``"linear"``.
         length: the number of samples T. Default: ``F * hop_length``; pass the signal
-            length when it is not a multiple of ``hop_length``.
+            length when it is not a multiple of ``hop_length``. With no frames
+            (``F = 0``) it must be 0.
 
     Shape:
         - A: ``(*, F, N)``
@@ -291,10 +292,8 @@ def upsample_coefficients(
     name = "upsample_coefficients"
     _check_tensor(name, "A", A)
     _check_positive_int(name, "hop_length", hop_length)
-    if A.dim() < 2 or A.shape[-2] < 1:
-        raise ValueError(
-            f"{name}: A must have shape (*, F, N) with at least one frame, got {_shape(A)}."
-        )
+    if A.dim() < 2:
+        raise ValueError(f"{name}: A must have shape (*, F, N), got {_shape(A)}.")
     if mode not in _UPSAMPLE_MODES:
         raise ValueError(f"{name}: mode must be one of {', '.join(_UPSAMPLE_MODES)}; got {mode!r}.")
     F = A.shape[-2]
@@ -302,6 +301,14 @@ def upsample_coefficients(
         length = F * hop_length
     elif isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"{name}: length must be a non-negative int or None, got {length!r}.")
+    if F == 0:
+        # No frames describe no samples (an empty signal has no analysis frames).
+        if length > 0:
+            raise ValueError(
+                f"{name}: A {_shape(A)} has no frames, so it cannot give length {length}; "
+                "it needs at least one frame."
+            )
+        return A.clone()
 
     t = torch.arange(length, device=A.device)
     first = torch.clamp(t // hop_length, max=F - 1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .functional import _check_tensor, _shape
+from .functional import _COMPUTED_IN_FLOAT32, _check_tensor, _shape
 
 __all__ = [
     "reflection_to_lpc",
@@ -239,7 +239,8 @@ def lpc_to_roots(A: Tensor) -> Tensor:
         - output: ``(*, N)``, complex, in no particular order
 
     Returns:
-        The roots, in the complex dtype matching ``A``.
+        The roots, in the complex dtype matching ``A``; float16 and bfloat16 have no
+        eigenvalue solver, so they are computed in float32 and returned as complex64.
 
     Example:
         >>> import torch
@@ -249,6 +250,8 @@ def lpc_to_roots(A: Tensor) -> Tensor:
         True
     """
     _check_vector("lpc_to_roots", "A", A)
+    if A.dtype in _COMPUTED_IN_FLOAT32:
+        A = A.float()
     N = A.shape[-1]
     if N == 0:
         return torch.empty_like(A, dtype=(A[..., :0] * 1j).dtype)
@@ -265,6 +268,9 @@ def sos_to_lpc(sos: Tensor) -> Tensor:
 
     Each section is normalised by its leading coefficient ``a_{s,0}``. A section
     with ``a_{s,2} = 0`` is first order; the result keeps its trailing zero.
+    Multiplied out, the poles of many sections are far more sensitive to rounding
+    of the coefficients than the sections were (a stable float64 design can turn
+    unstable in float32); check with :func:`is_stable` after converting.
 
     Args:
         sos: second-order sections, either rows ``[b0, b1, b2, a0, a1, a2]`` as in
@@ -273,7 +279,7 @@ def sos_to_lpc(sos: Tensor) -> Tensor:
 
     Shape:
         - sos: ``(*, S, 6)`` or ``(*, S, 3)``
-        - output: ``(*, 2S)``
+        - output: ``(*, 2S)`` (``(*, 0)`` for ``S = 0``, the filter ``A(z) = 1``)
 
     Returns:
         ``A`` with ``A(z) = 1 + sum_i A[i-1] z^-i``.
@@ -293,8 +299,9 @@ def sos_to_lpc(sos: Tensor) -> Tensor:
         )
     denominators = sos[..., -3:]
     sections = denominators[..., 1:] / denominators[..., :1]
-    poly = torch.ones_like(sections[..., 0, :1])
-    zeros = torch.zeros_like(sections[..., 0, :])
+    batch = sections.shape[:-2]
+    poly = sections.new_ones(*batch, 1)
+    zeros = sections.new_zeros(*batch, 2)
     for s in range(sos.shape[-2]):
         c1, c2 = sections[..., s, 0:1], sections[..., s, 1:2]
         poly = (

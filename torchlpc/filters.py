@@ -62,6 +62,12 @@ def lfilter(
     Leading (batch) dimensions of ``b``, ``a``, ``x`` and the initial conditions
     broadcast against each other.
 
+    The denominator is one polynomial (direct form), so, as with scipy, a
+    high-order filter with clustered poles is sensitive to its coefficients'
+    precision: an order-8 Butterworth lowpass at 0.05 of the Nyquist frequency
+    becomes unstable when its denominator is rounded to float32. Use float64 for
+    such filters, or run their sections one after another.
+
     Args:
         b: numerator coefficients, ``M + 1`` per sample. A time dimension of size 1
             gives time-invariant zeros; a 1-D tensor ``(M + 1,)`` is one time-invariant

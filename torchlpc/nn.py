@@ -8,7 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from .analysis import _UPSAMPLE_MODES, _check_positive_int, upsample_coefficients
-from .functional import _check_tensor, _shape, linear_recurrence, sample_wise_lpc
+from .functional import (
+    _COMPUTED_IN_FLOAT32,
+    _check_same_dtype_and_device,
+    _check_tensor,
+    _shape,
+    linear_recurrence,
+    sample_wise_lpc,
+)
 
 __all__ = ["AllPoleSynthesis", "OnePoleSmoother"]
 
@@ -118,7 +125,8 @@ class OnePoleSmoother(nn.Module):
     Shape:
         - x: ``(*, T)``
         - zi: ``(*)``, the value of ``y[-1]``
-        - output: ``(*, T)``
+        - output: ``(*, T)``, in the dtype of ``x``; float16 and bfloat16 inputs are
+          smoothed in float32 (with the pole in float32, not rounded to half)
 
     Example:
         >>> import torch
@@ -162,6 +170,15 @@ class OnePoleSmoother(nn.Module):
         _check_tensor(name, "x", x)
         if x.dim() < 1:
             raise ValueError(f"{name}: x must have shape (*, T), got a 0-dimensional tensor.")
+        if zi is not None:
+            _check_tensor(name, "zi", zi)
+            _check_same_dtype_and_device(name, {"x": x, "zi": zi})
+        dtype = x.dtype
+        if dtype in _COMPUTED_IN_FLOAT32:
+            # Cast to half, a pole near 1 would lose most of the digits of 1 - p (its
+            # DC gain): the smoother runs in float32, as the core filters do.
+            x = x.float()
+            zi = None if zi is None else zi.float()
         batch = x.shape[:-1]
         p = self.pole.to(x.dtype)
         try:
@@ -174,7 +191,7 @@ class OnePoleSmoother(nn.Module):
                 f"{tuple(batch)} of x {_shape(x)}."
             )
         p = p.expand(batch)[..., None]
-        return linear_recurrence(p, (1 - p) * x, zi)
+        return linear_recurrence(p, (1 - p) * x, zi).to(dtype)
 
     def extra_repr(self) -> str:
         shape = tuple(self.logit.shape)
