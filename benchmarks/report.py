@@ -294,60 +294,101 @@ class Report:
             "of a busy CPU (column *others' CPUs*); the times of those cases are inflated"
         )
 
-    def targets(self) -> list[str]:
-        def ratios(peer, mode, keep):
-            out = []
-            for case in self.data["cases"]:
-                if case["group"] == "time-varying" and keep(case):
-                    ours, theirs = self.time(case, OURS, mode), self.time(case, peer, mode)
-                    if ours and theirs:
-                        out.append(theirs / ours)
-            return out
+    def _case(self, name: str) -> dict | None:
+        return next((c for c in self.data["cases"] if c["name"] == name), None)
 
-        def fractions(mode):
-            return [
-                c["min_bytes"][mode] / (self.time(c, OURS, mode) / 1e3) / self.bandwidth
-                for c in self.data["cases"]
-                if self.time(c, OURS, mode)
-            ]
+    def _speedup(self, case: dict, peer: str, mode: str) -> float | None:
+        ours, theirs = self.time(case, OURS, mode), self.time(case, peer, mode)
+        return theirs / ours if ours and theirs else None
 
+    def _fraction(self, case: dict, mode: str) -> float | None:
+        ours = self.time(case, OURS, mode)
+        return case["min_bytes"][mode] / (ours / 1e3) / self.bandwidth if ours else None
+
+    def _memory_ratio(self, case: dict) -> float | None:
+        memory = case["results"].get(OURS, {}).get("memory") or {}
+        if "ratio_to_necessary" not in memory or case["necessary_bytes"] < self.memory_resolution:
+            return None
+        return memory["ratio_to_necessary"]
+
+    def _float64_ratio(self, case: dict, mode: str) -> float | None:
+        twin = self.float32_twin(case)
+        ours = self.time(case, OURS, mode)
+        theirs = self.time(twin, OURS, mode) if twin else None
+        return ours / theirs if ours and theirs else None
+
+    def target_rows(self) -> list[tuple[str, str, str, float | None, str]]:
+        """(measure, case, goal, value, unit) for every target of the CPU suite:
+        a goal is met when the value is at least the bound (at most, for ratios
+        the goal writes as "≤")."""
+        cpp = "torchlpc-0.7.2-cpp"
         rows = []
-        for peer, label in (
-            ("torchlpc-0.7.2-cpp", "torchlpc 0.7.2 C++"),
-            ("philtorch-0.7.0", "philtorch"),
-        ):
-            for mode, goal, keep, which in (
-                ("forward", "≥ 2×", lambda c: c["N"] >= 8, "time-varying float32, N ≥ 8"),
-                ("backward", "≥ 5×", lambda c: True, "time-varying float32"),
-            ):
-                values = ratios(peer, mode, keep)
-                if peer != "torchlpc-0.7.2-cpp":
-                    goal = "(for comparison)"
-                summary = (
-                    f"{min(values):.2f}× / {statistics.median(values):.2f}× / {max(values):.2f}×"
-                    if values
-                    else "not measured"
-                )
-                rows.append(f"| {_title(mode)} vs {label} | {which} | {goal} | {summary} |")
-        for mode in ("forward", "backward"):
-            values = fractions(mode)
-            if values:
-                rows.append(
-                    f"| {_title(mode)}: fraction of the bandwidth limit | "
-                    f"every case | | {min(values):.1%} / {statistics.median(values):.1%} / "
-                    f"{max(values):.1%} |"
-                )
-        return [
+        varying = [c for c in self.data["cases"] if c["group"] == "time-varying"]
+        for case in varying:
+            goal = 2.0 if case["N"] >= 8 else 1.5
+            rows.append(("Forward vs 0.7.2 C++", case, f"≥ {goal:g}×",
+                         self._speedup(case, cpp, "forward"), "x"))
+        for case in varying:
+            goal = 10.0 if (case["B"], case["T"], case["N"]) == (16, 44100, 32) else 5.0
+            rows.append(("Forward + backward vs 0.7.2 C++", case, f"≥ {goal:g}×",
+                         self._speedup(case, cpp, "backward"), "x"))
+        for shape in ((16, 44100, 32), (32, 65536, 16)):
+            case = self._case("tv-f32-{}x{}x{}".format(*shape))
+            if case:
+                rows.append(("Forward, of the bandwidth limit", case, "≥ 50%",
+                             self._fraction(case, "forward"), "%"))
+                rows.append(("Forward + backward, of the bandwidth limit", case, "≥ 35%",
+                             self._fraction(case, "backward"), "%"))
+        for case in self.data["cases"]:
+            if case["dtype"] == "float32" and self._memory_ratio(case) is not None:
+                rows.append(("Peak memory of forward + backward / necessary", case, "≤ 1.2×",
+                             self._memory_ratio(case), "x"))
+        for case in (c for c in self.data["cases"] if c["group"] == "time-invariant"):
+            rows.append(("Forward + backward vs 0.7.2 C++ (its A expanded)", case, "≥ 10×",
+                         self._speedup(case, cpp, "backward"), "x"))
+            rows.append(("Forward vs scipy.signal.lfilter (float64)", case, "≥ 1×",
+                         self._speedup(case, "scipy", "forward"), "x"))
+        for case in (c for c in self.data["cases"] if c["group"] == "linear recurrence"):
+            rows.append(("Forward vs 0.7.2 C++", case, "≥ 2×",
+                         self._speedup(case, cpp, "forward"), "x"))
+            rows.append(("Forward + backward vs 0.7.2 C++", case, "≥ 5×",
+                         self._speedup(case, cpp, "backward"), "x"))
+        for case in (c for c in self.data["cases"] if c["dtype"] == "float64"):
+            for mode in ("forward", "backward"):
+                rows.append((f"{_title(mode)}: float64 time / float32 time", case, "≤ 2×",
+                             self._float64_ratio(case, mode), "x"))
+        return [(m, _shape(c), g, v, u) for m, c, g, v, u in rows]
+
+    @staticmethod
+    def _met(goal: str, value: float | None, unit: str) -> str:
+        if value is None:
+            return "not measured"
+        bound = float(goal.split()[1].rstrip("×%")) / (100 if unit == "%" else 1)
+        met = value <= bound if goal.startswith("≤") else value >= bound
+        return "met" if met else "**missed**"
+
+    def targets(self) -> list[str]:
+        rows = self.target_rows()
+        lines = [
             f"{self.h2} Targets",
             "",
-            f"Speed-ups are the peer's {self.statistic} time over ours; "
-            "min / median / max over the "
-            "cases named.",
+            f"Every target of the CPU suite, case by case, from this run: speed-ups are the "
+            f"peer's {self.statistic} time over ours, fractions of the bandwidth limit and "
+            "memory as in the tables below.",
             "",
-            "| measure | cases | target | min / median / max |",
-            "|---|---|---|---|",
-            *rows,
         ]
+        verdicts = [self._met(goal, value, unit) for _, _, goal, value, unit in rows]
+        missed = sum(v != "met" for v in verdicts)
+        lines.append(
+            f"{len(rows) - missed} of {len(rows)} met."
+            if rows
+            else "No case of this run carries a target."
+        )
+        lines += ["", "| measure | case | target | measured | |", "|---|---|---|---|---|"]
+        for (measure, shape, goal, value, unit), verdict in zip(rows, verdicts, strict=True):
+            shown = "—" if value is None else (f"{value:.1%}" if unit == "%" else f"{value:.2f}×")
+            lines.append(f"| {measure} | {shape} | {goal} | {shown} | {verdict} |")
+        return lines
 
     def memory_table(self) -> list[str]:
         impls = [i for i in self.available if i != "scipy"]
