@@ -496,16 +496,25 @@ def test_automatic_backend_on_cpu_is_numba(monkeypatch):
 # Huge orders.
 
 
-@pytest.mark.parametrize("T", [pytest.param(3, id="T3"), pytest.param(0, id="T0")])
-def test_huge_order(backend, T):
-    """N = 5000 over three samples (and none): every backend, gradients included.
+@pytest.mark.parametrize(
+    "T, N",
+    [
+        pytest.param(3, 5000, id="T3-N5000"),
+        pytest.param(0, 5000, id="T0-N5000"),
+        pytest.param(3, 10**6, id="T3-N1e6"),
+    ],
+)
+def test_huge_order(backend, T, N):
+    """Orders far above T: every backend, gradients included, in time and memory linear in N.
 
-    The chunked backend holds one N x N transition matrix per row here, about
-    1.8 GB peak for the process; it must not hold one per sample.
+    One N x N matrix of N = 10**6 is 8 TB: the chunked backend used to allocate
+    one per row for its single chunk's transition matrix, which T <= N never
+    needs; the reference adjoint looped over T + N times with N lags each, and
+    the chunked grad_A over all N lags.
     """
-    N = 5000
     generator = make_generator(19)
-    x = randn(2, T, dtype=torch.float64, generator=generator)
-    A = 1e-3 * randn(2, T, N, dtype=torch.float64, generator=generator)
-    zi = randn(2, N, dtype=torch.float64, generator=generator)
+    B = 2 if N <= 5000 else 1
+    x = randn(B, T, dtype=torch.float64, generator=generator)
+    A = 1e-3 * randn(B, T, N, dtype=torch.float64, generator=generator)
+    zi = randn(B, N, dtype=torch.float64, generator=generator)
     check_against_reference(x, A, zi, torch.float64)
