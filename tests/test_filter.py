@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import (
     DTYPES,
@@ -28,7 +29,7 @@ from conftest import (
     randn,
     relative_error,
 )
-from torchlpc import _dispatch, sample_wise_lpc
+from torchlpc import _dispatch, linear_recurrence, sample_wise_lpc
 from torchlpc.reference import allpole_reference, allpole_vjp_reference
 
 NAMES = ("y", "zf", "grad_x", "grad_A", "grad_zi")
@@ -196,6 +197,74 @@ def test_non_contiguous_inputs(backend, layout, varying, dtype):
     if layout != "flipped":
         assert not x.is_contiguous() and not A.is_contiguous() and not zi.is_contiguous()
     check_against_reference(x, A, zi, dtype)
+
+
+class _AllocationRecorder(TorchDispatchMode):
+    """Records the largest storage any aten or torchlpc op returns, and the A each op call gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+        self.op_coefficients = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.torchlpc.allpole.default, torch.ops.torchlpc.allpole_vjp.default):
+            self.op_coefficients.append(tuple(args[1].shape))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("function", ["sample_wise_lpc", "linear_recurrence"])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        pytest.param(torch.float32, id="float32"),
+        pytest.param(torch.float16, id="float16"),
+        pytest.param(torch.bfloat16, id="bfloat16"),
+    ],
+)
+def test_expanded_coefficients_are_never_materialised(function, dtype):
+    """A view expanded along time runs the time-invariant op, forward and backward.
+
+    No op, autograd's included, returns a tensor with a storage the size of a
+    per-sample A (slicing the view had autograd build a dense zero gradient for it,
+    and the float32 upcast of a half-precision view copied it), and the tensor it
+    was expanded from gets the gradient of the time-invariant filter (to rounding:
+    it arrives as T equal shares).
+    """
+    B, T, N = 2, 255, 1 if function == "linear_recurrence" else 16
+    x, row, zi = (t.to(dtype) for t in filter_inputs((B,), T, N, dtype=torch.float32, seed=22, varying=False))
+    leaves = [t.clone().requires_grad_() for t in (x, row, zi)]
+    grad_y = randn(B, T, dtype=torch.float32, generator=make_generator(23)).to(dtype)
+
+    def run(x, row, zi, expand):
+        if function == "sample_wise_lpc":
+            return sample_wise_lpc(x, row.expand(B, T, N) if expand else row, zi)
+        a = -row[..., 0]
+        return linear_recurrence(a.expand(B, T) if expand else a, x, zi[..., 0])
+
+    recorder = _AllocationRecorder()
+    with recorder:
+        y = run(*leaves, expand=True)
+        grads = torch.autograd.grad(y, leaves, grad_y)
+    assert recorder.op_coefficients == [(B, 1, N), (B, 1, N)]
+    if N > 1:
+        # (With N = 1 a per-sample a is no larger than x: the op's A says it all.)
+        per_sample = B * T * N * torch.finfo(torch.float32).bits // 8
+        assert recorder.largest < per_sample, f"{recorder.largest} bytes, a per-sample A is {per_sample}"
+
+    expected = [t.clone().requires_grad_() for t in (x, row, zi)]
+    expected_y = run(*expected, expand=False)
+    expected_grads = torch.autograd.grad(expected_y, expected, grad_y)
+    assert torch.equal(y, expected_y)
+    for name, g, e in zip(("grad_x", "grad_A", "grad_zi"), grads, expected_grads, strict=True):
+        if dtype == torch.float32:
+            assert_close(g, e.double(), dtype, name)
+        else:
+            torch.testing.assert_close(g, e, msg=name)
 
 
 @pytest.mark.parametrize(
