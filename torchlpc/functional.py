@@ -160,7 +160,8 @@ def sample_wise_lpc(
             f"x (*, T); got x {_shape(x)} and A {_shape(A)}."
         )
     T, N = x.shape[-1], A.shape[-1]
-    if A.shape[:-2] != x.shape[:-1] or A.shape[-2] not in (T, 1):
+    # (Not `in (T, 1)`: Dynamo cannot trace that with a symbolic T.)
+    if A.shape[:-2] != x.shape[:-1] or (A.shape[-2] != T and A.shape[-2] != 1):
         raise ValueError(
             f"{name}: A {_shape(A)} does not fit x {_shape(x)}: expected "
             f"{_shape(x)[:-1]}, N) with a time dimension of {T} (time-varying) or 1 "
@@ -229,7 +230,12 @@ def linear_recurrence(a: Tensor, x: Tensor, zi: Tensor | None = None) -> Tensor:
     if x.dim() < 1:
         raise ValueError(f"{name}: x must have shape (*, T), got a 0-dimensional tensor.")
     T = x.shape[-1]
-    if a.shape[:-1] != x.shape[:-1] or a.dim() != x.dim() or a.shape[-1] not in (T, 1):
+    # (Not `in (T, 1)`: Dynamo cannot trace that with a symbolic T.)
+    if (
+        a.shape[:-1] != x.shape[:-1]
+        or a.dim() != x.dim()
+        or (a.shape[-1] != T and a.shape[-1] != 1)
+    ):
         raise ValueError(
             f"{name}: a must have shape (*, T) = {_shape(x)} or (*, 1) for a time-invariant "
             f"recurrence; got a {_shape(a)} and x {_shape(x)}."
