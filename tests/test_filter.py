@@ -342,6 +342,43 @@ def test_non_finite_input_propagates(backend, value, varying):
     assert torch.equal(y[1:], clean), "a non-finite value leaked into another row"
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    "argument, varying, first",
+    [
+        pytest.param("A", True, 7, id="A-time-varying"),
+        pytest.param("A", False, 0, id="A-time-invariant"),
+        pytest.param("zi", True, 0, id="zi"),
+    ],
+)
+def test_non_finite_coefficient_or_state_propagates(backend, argument, varying, first, value):
+    """A non-finite coefficient or state makes its row non-finite from the first sample that reads it.
+
+    So does the gradient that depends on it (grad_x on A, grad_A on the outputs
+    and so on zi); the other row, outputs and gradients, is bit for bit what it
+    is without the bad value.
+    """
+    x, A, zi = filter_inputs((2,), 20, 3, dtype=torch.float64, seed=24, varying=varying)
+    bad = {"A": A.clone(), "zi": zi.clone()}
+    if argument == "A":
+        bad["A"][0, first if varying else 0, 2] = value
+    else:
+        bad["zi"][0, 0] = value
+    leaves = [t.clone().requires_grad_() for t in (x, bad["A"], bad["zi"])]
+    y = sample_wise_lpc(*leaves)
+    grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+    clean = [t[1:].clone().requires_grad_() for t in (x, A, zi)]
+    clean_y = sample_wise_lpc(*clean)
+    clean_grads = torch.autograd.grad(clean_y, clean, torch.ones_like(clean_y))
+    assert torch.isfinite(y[0, :first]).all()
+    assert not torch.isfinite(y[0, first:]).any()
+    dependent = grads[0] if argument == "A" else grads[1]
+    assert not torch.isfinite(dependent[0]).all()
+    assert torch.equal(y[1:], clean_y), "a non-finite value leaked into another row"
+    for g, c in zip(grads, clean_grads, strict=True):
+        assert torch.equal(g[1:], c), "a non-finite value leaked into another row's gradient"
+
+
 def test_non_finite_gradient_propagates(backend):
     x, A, zi = filter_inputs((2,), 20, 3, dtype=torch.float64, seed=9)
     leaves = [t.clone().requires_grad_() for t in (x, A, zi)]
