@@ -16,6 +16,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from conftest import filter_inputs, make_generator, randn, relative_error
 from torchlpc import linear_recurrence, sample_wise_lpc
+from torchlpc.reference import allpole_reference
 
 DOUBLE = [
     pytest.param(torch.float64, id="float64"),
@@ -318,3 +319,44 @@ def test_batched_double_backward_with_empty_time_axis():
     cotangents = torch.zeros(3, *grad_A.shape, dtype=torch.float64)
     second = torch.autograd.grad(grad_A, zi, cotangents, is_grads_batched=True, allow_unused=True)[0]
     assert second is None or torch.equal(second, torch.zeros(3, 2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("variant", ["varying", "invariant"])
+def test_second_order_with_huge_order(variant):
+    """Forward mode and double backward at N = 10**6 over T = 3, against autograd through the loop.
+
+    The lag helpers in torchlpc/_adjoint.py loop over the shorter of time and
+    lag; lagged_scatter once built N padded copies of the whole T + N signal,
+    which at this size is hours of work for one double backward.
+    """
+    T, N = 3, 10**6
+    generator = make_generator(15)
+    x = randn(1, T, dtype=torch.float64, generator=generator)
+    A = 1e-3 * randn(1, T if variant == "varying" else 1, N, dtype=torch.float64, generator=generator)
+    zi = randn(1, N, dtype=torch.float64, generator=generator)
+    primals = (x, A, zi)
+    tangents = tuple(randn(*t.shape, dtype=t.dtype, generator=generator) for t in primals)
+    weights = (randn(1, T, dtype=torch.float64, generator=generator), randn(1, N, dtype=torch.float64, generator=generator))
+    cotangents = tuple(randn(*t.shape, dtype=t.dtype, generator=generator) for t in primals)
+
+    def library(x, A, zi):
+        return sample_wise_lpc(x, A, zi, return_zf=True)
+
+    def reference(x, A, zi):
+        y = allpole_reference(x, A, zi)
+        return y, torch.cat([zi.flip(-1), y], dim=-1)[..., -N:].flip(-1)
+
+    def second_order(function):
+        leaves = [t.clone().requires_grad_() for t in primals]
+        y, zf = function(*leaves)
+        loss = (weights[0] * y).sum() + (weights[1] * zf).sum()
+        grads = torch.autograd.grad(loss, leaves, create_graph=True)
+        inner = sum((c * g).sum() for c, g in zip(cotangents, grads, strict=True))
+        return torch.autograd.grad(inner, leaves, allow_unused=True, materialize_grads=True)
+
+    for name, got, expected in [
+        ("jvp", torch.func.jvp(library, primals, tangents)[1], torch.func.jvp(reference, primals, tangents)[1]),
+        ("double backward", second_order(library), second_order(reference)),
+    ]:
+        for g, e in zip(got, expected, strict=True):
+            assert relative_error(g, e) <= 1e-12, name

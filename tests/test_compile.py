@@ -57,6 +57,39 @@ def test_compiled_matches_eager(fresh_dynamo, varying, dtype):
         assert relative_error(got, expected) <= TOLERANCES[dtype]
 
 
+# Sizes from module globals: with dynamic=True Dynamo traces them as symbolic ints
+# (sizes held in a closure stay constants).
+DYNAMIC_B, DYNAMIC_T, DYNAMIC_N = 3, 20, 2
+
+
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
+)
+def test_compiled_with_dynamic_shapes_and_expanded_coefficients(fresh_dynamo, dtype):
+    """Dynamic shapes, with coefficients expanded to sizes from globals, trace with no graph break.
+
+    The shape checks once read ``A.shape[-2] not in (T, 1)``, which Dynamo
+    cannot evaluate when both sides are symbolic: it traced into the ValueError.
+    """
+    x, A, zi = filter_inputs((DYNAMIC_B,), DYNAMIC_T, DYNAMIC_N, dtype=dtype, seed=5, varying=False)
+    a = (0.5 * torch.rand(DYNAMIC_B, 1, generator=make_generator(6))).to(dtype)
+
+    def function(x, A, zi, a):
+        y = sample_wise_lpc(x, A.expand(DYNAMIC_B, DYNAMIC_T, DYNAMIC_N), zi)
+        return y, linear_recurrence(a.expand(DYNAMIC_B, DYNAMIC_T), y)
+
+    def run(function):
+        leaves = [t.clone().requires_grad_() for t in (x, A, zi, a)]
+        outputs = function(*leaves)
+        grads = torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
+        return [o.detach() for o in outputs] + list(grads)
+
+    compiled = torch.compile(function, fullgraph=True, dynamic=True)
+    for got, expected in zip(run(compiled), run(function), strict=True):
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        assert relative_error(got, expected) <= TOLERANCES[dtype]
+
+
 def test_compiled_without_grad(fresh_dynamo):
     x, A, zi = filter_inputs((3,), 16, 2, dtype=torch.float32, seed=2)
     compiled = torch.compile(lambda x, A, zi: sample_wise_lpc(x, A, zi, return_zf=True), fullgraph=True)

@@ -86,9 +86,12 @@ BAD_DTYPES = [
     pytest.param(torch.int32, id="int32"),
     pytest.param(torch.uint8, id="uint8"),
     pytest.param(torch.bool, id="bool"),
+    pytest.param(torch.complex32, id="complex32"),
+    pytest.param(torch.float8_e4m3fn, id="float8_e4m3fn"),
 ]
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 @pytest.mark.parametrize("dtype", BAD_DTYPES)
 @pytest.mark.parametrize("function, argument", ARGUMENTS)
 def test_integer_and_bool_dtypes(function, argument, dtype):
@@ -124,7 +127,7 @@ def test_half_precision_with_single_precision_is_mixed():
         sample_wise_lpc(x.half(), A, zi.half())
 
 
-@pytest.mark.parametrize("function, argument", [ARGUMENTS[1], ARGUMENTS[2], ARGUMENTS[5]])
+@pytest.mark.parametrize("function, argument", [ARGUMENTS[1], ARGUMENTS[2], ARGUMENTS[3], ARGUMENTS[5]])
 def test_mismatched_devices(function, argument):
     # The meta device stands in for a second device; it exists on every machine.
     with pytest.raises(ValueError, match=f"{argument} is on meta but x is on cpu; move them to one device"):
@@ -284,6 +287,24 @@ def test_backend_names_are_trimmed_and_case_insensitive(monkeypatch, value):
     expected = sample_wise_lpc(x, A, zi)
     monkeypatch.setenv("TORCHLPC_BACKEND", value)
     torch.testing.assert_close(sample_wise_lpc(x, A, zi), expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps", "meta"])
+def test_forced_numba_rejects_other_devices(monkeypatch, device):
+    """numba runs CPU tensors only; forced on another device's tensors it raises, it does not fall back.
+
+    The choice is made per call from the tensors' device, so it is checked on
+    the selection itself: this machine need not have the device.
+    """
+    from torchlpc import _dispatch
+
+    monkeypatch.setenv("TORCHLPC_BACKEND", "numba")
+    message = (
+        f"TORCHLPC_BACKEND=numba was requested, but the numba backend runs on CPU tensors only, "
+        f"not on {device!r} tensors."
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        _dispatch.select_backend(torch.device(device), torch.float32)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")

@@ -192,3 +192,35 @@ def test_doc_code_blocks_run(page):
     namespace = {"__name__": f"docs.{page}"}
     for i, block in enumerate(_PYTHON_BLOCK.findall((DOCS / page).read_text())):
         exec(compile(block, f"docs/{page} (python block {i + 1})", "exec"), namespace)  # noqa: S102
+
+
+def test_readme_code_blocks_run():
+    """The README's quick start (every ```python block) runs as written."""
+    blocks = _PYTHON_BLOCK.findall((ROOT / "README.md").read_text())
+    assert blocks, "README.md has no python block"
+    namespace = {"__name__": "README"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md (python block {i + 1})", "exec"), namespace)  # noqa: S102
+
+
+def _readme_setup_commands() -> list[str]:
+    """The commands of the README's first bash block, comments stripped."""
+    block = re.search(r"^```bash\n(.*?)^```$", (ROOT / "README.md").read_text(), re.M | re.S)
+    assert block, "README.md has no bash block"
+    lines = (line.split("#", 1)[0].strip() for line in block.group(1).splitlines())
+    return [line for line in lines if line]
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run installs torch 2.13.0 first and runs the README's test command; the README's
+    main job is a script that exists (and that test_example_runs_quick runs)."""
+    commands = _readme_setup_commands()
+    tests = [c for c in commands if "pytest" in c]
+    assert len(tests) == 1, commands
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert tests[0] in ci, f"{tests[0]!r} is not a line of .ci/run"
+    installs = [line for line in ci if "pip install" in line]
+    assert installs and installs[0].endswith(" torch==2.13.0"), installs[:1]
+    demos = [c for c in commands if c.startswith("python examples/")]
+    assert demos and all((ROOT / c.split()[1]).is_file() for c in demos), commands
+    assert any(case.values[0] == Path(c.split()[1]).name for c in demos for case in CASES)

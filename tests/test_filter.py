@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import (
     DTYPES,
@@ -28,7 +29,7 @@ from conftest import (
     randn,
     relative_error,
 )
-from torchlpc import _dispatch, sample_wise_lpc
+from torchlpc import _dispatch, linear_recurrence, sample_wise_lpc
 from torchlpc.reference import allpole_reference, allpole_vjp_reference
 
 NAMES = ("y", "zf", "grad_x", "grad_A", "grad_zi")
@@ -198,6 +199,74 @@ def test_non_contiguous_inputs(backend, layout, varying, dtype):
     check_against_reference(x, A, zi, dtype)
 
 
+class _AllocationRecorder(TorchDispatchMode):
+    """Records the largest storage any aten or torchlpc op returns, and the A each op call gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+        self.op_coefficients = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.torchlpc.allpole.default, torch.ops.torchlpc.allpole_vjp.default):
+            self.op_coefficients.append(tuple(args[1].shape))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("function", ["sample_wise_lpc", "linear_recurrence"])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        pytest.param(torch.float32, id="float32"),
+        pytest.param(torch.float16, id="float16"),
+        pytest.param(torch.bfloat16, id="bfloat16"),
+    ],
+)
+def test_expanded_coefficients_are_never_materialised(function, dtype):
+    """A view expanded along time runs the time-invariant op, forward and backward.
+
+    No op, autograd's included, returns a tensor with a storage the size of a
+    per-sample A (slicing the view had autograd build a dense zero gradient for it,
+    and the float32 upcast of a half-precision view copied it), and the tensor it
+    was expanded from gets the gradient of the time-invariant filter (to rounding:
+    it arrives as T equal shares).
+    """
+    B, T, N = 2, 255, 1 if function == "linear_recurrence" else 16
+    x, row, zi = (t.to(dtype) for t in filter_inputs((B,), T, N, dtype=torch.float32, seed=22, varying=False))
+    leaves = [t.clone().requires_grad_() for t in (x, row, zi)]
+    grad_y = randn(B, T, dtype=torch.float32, generator=make_generator(23)).to(dtype)
+
+    def run(x, row, zi, expand):
+        if function == "sample_wise_lpc":
+            return sample_wise_lpc(x, row.expand(B, T, N) if expand else row, zi)
+        a = -row[..., 0]
+        return linear_recurrence(a.expand(B, T) if expand else a, x, zi[..., 0])
+
+    recorder = _AllocationRecorder()
+    with recorder:
+        y = run(*leaves, expand=True)
+        grads = torch.autograd.grad(y, leaves, grad_y)
+    assert recorder.op_coefficients == [(B, 1, N), (B, 1, N)]
+    if N > 1:
+        # (With N = 1 a per-sample a is no larger than x: the op's A says it all.)
+        per_sample = B * T * N * torch.finfo(torch.float32).bits // 8
+        assert recorder.largest < per_sample, f"{recorder.largest} bytes, a per-sample A is {per_sample}"
+
+    expected = [t.clone().requires_grad_() for t in (x, row, zi)]
+    expected_y = run(*expected, expand=False)
+    expected_grads = torch.autograd.grad(expected_y, expected, grad_y)
+    assert torch.equal(y, expected_y)
+    for name, g, e in zip(("grad_x", "grad_A", "grad_zi"), grads, expected_grads, strict=True):
+        if dtype == torch.float32:
+            assert_close(g, e.double(), dtype, name)
+        else:
+            torch.testing.assert_close(g, e, msg=name)
+
+
 @pytest.mark.parametrize(
     "view",
     [
@@ -271,6 +340,43 @@ def test_non_finite_input_propagates(backend, value, varying):
         assert y[0, 7] == value
         assert not torch.isfinite(y[0, 7:]).any()
     assert torch.equal(y[1:], clean), "a non-finite value leaked into another row"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    "argument, varying, first",
+    [
+        pytest.param("A", True, 7, id="A-time-varying"),
+        pytest.param("A", False, 0, id="A-time-invariant"),
+        pytest.param("zi", True, 0, id="zi"),
+    ],
+)
+def test_non_finite_coefficient_or_state_propagates(backend, argument, varying, first, value):
+    """A non-finite coefficient or state makes its row non-finite from the first sample that reads it.
+
+    So does the gradient that depends on it (grad_x on A, grad_A on the outputs
+    and so on zi); the other row, outputs and gradients, is bit for bit what it
+    is without the bad value.
+    """
+    x, A, zi = filter_inputs((2,), 20, 3, dtype=torch.float64, seed=24, varying=varying)
+    bad = {"A": A.clone(), "zi": zi.clone()}
+    if argument == "A":
+        bad["A"][0, first if varying else 0, 2] = value
+    else:
+        bad["zi"][0, 0] = value
+    leaves = [t.clone().requires_grad_() for t in (x, bad["A"], bad["zi"])]
+    y = sample_wise_lpc(*leaves)
+    grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+    clean = [t[1:].clone().requires_grad_() for t in (x, A, zi)]
+    clean_y = sample_wise_lpc(*clean)
+    clean_grads = torch.autograd.grad(clean_y, clean, torch.ones_like(clean_y))
+    assert torch.isfinite(y[0, :first]).all()
+    assert not torch.isfinite(y[0, first:]).any()
+    dependent = grads[0] if argument == "A" else grads[1]
+    assert not torch.isfinite(dependent[0]).all()
+    assert torch.equal(y[1:], clean_y), "a non-finite value leaked into another row"
+    for g, c in zip(grads, clean_grads, strict=True):
+        assert torch.equal(g[1:], c), "a non-finite value leaked into another row's gradient"
 
 
 def test_non_finite_gradient_propagates(backend):
@@ -496,16 +602,25 @@ def test_automatic_backend_on_cpu_is_numba(monkeypatch):
 # Huge orders.
 
 
-@pytest.mark.parametrize("T", [pytest.param(3, id="T3"), pytest.param(0, id="T0")])
-def test_huge_order(backend, T):
-    """N = 5000 over three samples (and none): every backend, gradients included.
+@pytest.mark.parametrize(
+    "T, N",
+    [
+        pytest.param(3, 5000, id="T3-N5000"),
+        pytest.param(0, 5000, id="T0-N5000"),
+        pytest.param(3, 10**6, id="T3-N1e6"),
+    ],
+)
+def test_huge_order(backend, T, N):
+    """Orders far above T: every backend, gradients included, in time and memory linear in N.
 
-    The chunked backend holds one N x N transition matrix per row here, about
-    1.8 GB peak for the process; it must not hold one per sample.
+    One N x N matrix of N = 10**6 is 8 TB: the chunked backend used to allocate
+    one per row for its single chunk's transition matrix, which T <= N never
+    needs; the reference adjoint looped over T + N times with N lags each, and
+    the chunked grad_A over all N lags.
     """
-    N = 5000
     generator = make_generator(19)
-    x = randn(2, T, dtype=torch.float64, generator=generator)
-    A = 1e-3 * randn(2, T, N, dtype=torch.float64, generator=generator)
-    zi = randn(2, N, dtype=torch.float64, generator=generator)
+    B = 2 if N <= 5000 else 1
+    x = randn(B, T, dtype=torch.float64, generator=generator)
+    A = 1e-3 * randn(B, T, N, dtype=torch.float64, generator=generator)
+    zi = randn(B, N, dtype=torch.float64, generator=generator)
     check_against_reference(x, A, zi, torch.float64)

@@ -48,17 +48,55 @@ def _is_time_invariant(A: Tensor) -> bool:
     return A.shape[-2] == 1 or (A.stride(-2) == 0 and A.shape[-2] > 1)
 
 
+class _FirstRow(torch.autograd.Function):
+    """``A[..., :1, :]`` of ``A`` expanded along time, with a gradient expanded too.
+
+    A slice would hand the expanded view a gradient of zeros in every row but
+    the first, a dense ``(*, T, N)`` tensor that the expand's backward then sums
+    over time. Any gradient that sums over time to the row's gradient serves the
+    tensor that was expanded; spread evenly over the T rows it is a stride-0 view.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A):
+        return A[..., :1, :].clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.T = inputs[0].shape[-2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad / ctx.T).expand(*grad.shape[:-2], ctx.T, grad.shape[-1])
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent[..., :1, :]
+
+
+def _time_invariant_row(A: Tensor) -> Tensor:
+    """The one coefficient row of time-invariant ``A``: ``(*, 1, N)``, never ``(*, T, N)``."""
+    if A.shape[-2] == 1:
+        return A
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace a Function with a jvp; the compiled backward fuses
+        # the slice's zero gradient into the expand's sum instead.
+        return A[..., :1, :]
+    return _FirstRow.apply(A)
+
+
 def _filter(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Flatten leading dims, upcast half precision, run the op, restore both."""
     batch, T, N = x.shape[:-1], x.shape[-1], A.shape[-1]
     B = math.prod(batch)
     dtype = x.dtype
+    if _is_time_invariant(A):
+        # Before the upcast, which would copy an expanded view into a dense tensor.
+        A = _time_invariant_row(A)
     if dtype in _COMPUTED_IN_FLOAT32:
         x, A, zi = x.float(), A.float(), zi.float()
-    if _is_time_invariant(A):
-        # The time-invariant op takes one coefficient row; an expanded view never
-        # turns into a (B, T, N) tensor.
-        A = A[..., :1, :]
     if x.dim() != 2:
         x, A, zi = x.reshape(B, T), A.reshape(B, A.shape[-2], N), zi.reshape(B, N)
     y = _ops.filter_op(x, A, zi)
@@ -126,7 +164,8 @@ def sample_wise_lpc(
             f"x (*, T); got x {_shape(x)} and A {_shape(A)}."
         )
     T, N = x.shape[-1], A.shape[-1]
-    if A.shape[:-2] != x.shape[:-1] or A.shape[-2] not in (T, 1):
+    # (Not `in (T, 1)`: Dynamo cannot trace that with a symbolic T.)
+    if A.shape[:-2] != x.shape[:-1] or (A.shape[-2] != T and A.shape[-2] != 1):
         raise ValueError(
             f"{name}: A {_shape(A)} does not fit x {_shape(x)}: expected "
             f"{_shape(x)[:-1]}, N) with a time dimension of {T} (time-varying) or 1 "
@@ -195,7 +234,12 @@ def linear_recurrence(a: Tensor, x: Tensor, zi: Tensor | None = None) -> Tensor:
     if x.dim() < 1:
         raise ValueError(f"{name}: x must have shape (*, T), got a 0-dimensional tensor.")
     T = x.shape[-1]
-    if a.shape[:-1] != x.shape[:-1] or a.dim() != x.dim() or a.shape[-1] not in (T, 1):
+    # (Not `in (T, 1)`: Dynamo cannot trace that with a symbolic T.)
+    if (
+        a.shape[:-1] != x.shape[:-1]
+        or a.dim() != x.dim()
+        or (a.shape[-1] != T and a.shape[-1] != 1)
+    ):
         raise ValueError(
             f"{name}: a must have shape (*, T) = {_shape(x)} or (*, 1) for a time-invariant "
             f"recurrence; got a {_shape(a)} and x {_shape(x)}."
@@ -212,4 +256,7 @@ def linear_recurrence(a: Tensor, x: Tensor, zi: Tensor | None = None) -> Tensor:
     _check_same_dtype_and_device(name, named)
     if zi is None:
         zi = x.new_zeros(x.shape[:-1])
+    if a.shape[-1] > 1 and a.stride(-1) == 0:
+        # Expanded along time: negating the view would make it dense.
+        a = _time_invariant_row(a[..., None])[..., 0]
     return _filter(x, -a[..., None], zi[..., None])

@@ -57,28 +57,32 @@ def allpole_vjp_reference(
     ``grad_zi[k] = -sum_t conj(A[t, t+k]) grad_x[t]``, which is the backward
     filter continued for N steps past t = 0 with zero input.
     Time-invariant A gets ``grad_A`` summed over time, shape ``(B, 1, N)``.
+
+    The loop visits each time once, in the equivalent scatter form: when
+    ``grad_x[s]`` is final, ``conj(A[s, i-1]) grad_x[s]`` is subtracted at
+    time ``s - i`` for every i at once, and what lands before time 0 is
+    ``grad_zi``. So it costs T steps of N operations whatever N is.
     """
     B, T = grad_y.shape
     N = A.shape[-1]
-    # extended[:, s] holds grad_x at time s - N, so that times -N..-1 give grad_zi.
-    extended = torch.zeros(B, T + N, dtype=grad_y.dtype, device=grad_y.device)
-    for t in range(T - 1, -N - 1, -1):
-        value = grad_y[:, t] if t >= 0 else torch.zeros_like(extended[:, 0])
-        for i in range(1, N + 1):
-            s = t + i
-            if 0 <= s < T:
-                value = value - _coefficients_at(A, s)[:, i - 1].conj() * extended[:, s + N]
-        extended[:, t + N] = value
+    # extended[:, N + t] holds grad_x at time t, so that times -N..-1 give grad_zi.
+    extended = torch.cat([grad_y.new_zeros(B, N), grad_y], dim=1)
+    y_padded = _padded_output(y, zi)
+    time_invariant = A.shape[1] == 1
+    grad_A = torch.zeros(B, 1 if time_invariant else T, N, dtype=grad_y.dtype, device=grad_y.device)
+    for s in range(T - 1, -1, -1):
+        g = extended[:, N + s].clone()
+        # Times s-1, ..., s-N sit at positions N+s-1, ..., s: the lags in reverse.
+        extended[:, s : N + s] -= _coefficients_at(A, s).conj().flip(-1) * g[:, None]
+        # y[s-i] for i = 1..N, most recent first.
+        history = y_padded[:, s : N + s].flip(-1)
+        row = -g[:, None] * history.conj()
+        if time_invariant:
+            grad_A[:, 0] += row
+        else:
+            grad_A[:, s] = row
     grad_x = extended[:, N:]
     grad_zi = extended[:, :N].flip(-1)
-
-    y_padded = _padded_output(y, zi)
-    grad_A = torch.zeros(B, T, N, dtype=grad_y.dtype, device=grad_y.device)
-    for i in range(1, N + 1):
-        # y[t - i] for t = 0..T-1 sits at padded positions N - i .. N - i + T - 1.
-        grad_A[:, :, i - 1] = -grad_x * y_padded[:, N - i : N - i + T].conj()
-    if A.shape[1] == 1:
-        grad_A = grad_A.sum(1, keepdim=True)
     return grad_x, grad_A, grad_zi
 
 

@@ -44,8 +44,10 @@ loop. The chunk passes themselves, and so the outputs, are in the input dtype
 (float32, float64, complex64, complex128).
 
 Memory: ``O(B T)`` for the outputs plus ``O(B C N (N + 1))`` scratch for the
-transition matrices; nothing of size ``B T N`` besides ``grad_A`` itself. No
-copy of A is made; double-precision passes convert one row per chunk at a time.
+transition matrices when there is more than one chunk (a single chunk starts
+from the true state and needs none, so ``T <= N`` never allocates an ``N x N``
+matrix); nothing of size ``B T N`` besides ``grad_A`` itself. No copy of A is
+made; double-precision passes convert one row per chunk at a time.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def default_chunk_size(T: int, N: int = 1, double_states: bool = True) -> int:
     matrices over a few multiples of N steps can be far larger than the states
     they carry, and the chunks' own decay brings them back down. L is at least N
     too, so that the ``T / L`` transition matrices of ``N x N`` take no more memory
-    than A itself (plus one matrix when ``T < N``).
+    than a time-varying A itself (and when ``T <= L`` the single chunk needs none).
     """
     L = max(round(math.sqrt(T) / 2), N)
     if not double_states:
@@ -201,20 +203,33 @@ def allpole(x: Tensor, A: Tensor, zi: Tensor, *, chunk_size: int | None = None) 
     L = _resolve_chunk_size(T, N, wide, chunk_size)
     C = math.ceil(T / L)
     with torch.no_grad():
-        ends = _forward_sweep(x, A, _unit_states(B, C, N, wide, x.device), L)
-        u, M = ends[..., 0], ends[..., 1:]
         states = [zi.to(wide)]
-        for c in range(C - 1):
-            states.append(u[:, c] + (M[:, c] @ states[-1].unsqueeze(-1)).squeeze(-1))
+        # One chunk (T <= L, so always when T <= N) starts from zi: no transition
+        # matrix is needed, and none of N x N is allocated.
+        if C > 1:
+            ends = _forward_sweep(x, A, _unit_states(B, C, N, wide, x.device), L)
+            u, M = ends[..., 0], ends[..., 1:]
+            for c in range(C - 1):
+                states.append(u[:, c] + (M[:, c] @ states[-1].unsqueeze(-1)).squeeze(-1))
         _forward_sweep(x, A, torch.stack(states, dim=1).unsqueeze(-1).to(x.dtype), L, y)
     return y
 
 
 def _lagged_products(grad_x: Tensor, y: Tensor, zi: Tensor, time_invariant: bool) -> Tensor:
-    """``out[t, i-1] = -grad_x[t] conj(y[t-i])``, summed over t if ``time_invariant``."""
+    """``out[t, i-1] = -grad_x[t] conj(y[t-i])``, summed over t if ``time_invariant``.
+
+    A Python loop over the shorter of the two axes, time or lag, so that an order
+    far above T (or T far above N) costs few iterations.
+    """
     B, T = grad_x.shape
     N = zi.shape[-1]
     padded = torch.cat([zi.flip(-1), y], dim=-1)
+    if T < N:
+        # y[t-i] for i = 1..N are padded[t : t + N], most recent last.
+        rows = [grad_x[:, t, None] * padded[:, t : t + N].flip(-1).conj() for t in range(T)]
+        if time_invariant:
+            return -sum(rows, grad_x.new_zeros(B, N)).unsqueeze(1)
+        return -torch.stack(rows, dim=1)
     if time_invariant:
         # One lag at a time, so no (B, T, N) intermediate; vecdot conjugates its first argument.
         lags = [torch.linalg.vecdot(padded[:, N - i : N - i + T], grad_x) for i in range(1, N + 1)]
@@ -263,11 +278,12 @@ def allpole_vjp(
     L = _resolve_chunk_size(T, N, wide, chunk_size)
     C = math.ceil(T / L)
     with torch.no_grad():
-        ends = _adjoint_sweep(grad_y, A, _unit_states(B, C, N, wide, grad_y.device), L)
-        u, M = ends[..., 0], ends[..., 1:]
         states = [torch.zeros_like(zi, dtype=wide)]
-        for c in range(C - 1, 0, -1):
-            states.append(u[:, c] + (M[:, c] @ states[-1].unsqueeze(-1)).squeeze(-1))
+        if C > 1:
+            ends = _adjoint_sweep(grad_y, A, _unit_states(B, C, N, wide, grad_y.device), L)
+            u, M = ends[..., 0], ends[..., 1:]
+            for c in range(C - 1, 0, -1):
+                states.append(u[:, c] + (M[:, c] @ states[-1].unsqueeze(-1)).squeeze(-1))
         pending = torch.stack(states[::-1], dim=1).unsqueeze(-1).to(grad_y.dtype)
         grad_zi = _adjoint_sweep(grad_y, A, pending, L, grad_x)[:, 0, :, 0].contiguous()
         if need_A:
