@@ -577,7 +577,10 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     elif need_A:
         grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
         grad_A_rows = grad_A.numpy()
-    if grad_y.numel():
+    if grad_y.numel() == 0:
+        # No time step reaches the state.
+        grad_zi.zero_()
+    else:
         run_over_batch(
             allpole_vjp_kernel, grad_y.numel() * N,
             _array(grad_y), _array(A), _array(y), _array(zi),
