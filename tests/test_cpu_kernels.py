@@ -28,8 +28,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close, filter_inputs
+from conftest import DTYPES, assert_close, filter_inputs, make_generator, randn
 from test_filter import NAMES, library_results, reference_results, upstream_gradients
+from test_linear_recurrence import library as recurrence_library
+from test_linear_recurrence import make_inputs as recurrence_inputs
+from test_linear_recurrence import reference as recurrence_reference
 from torchlpc.kernels import cpu_numba
 
 BLOCK = cpu_numba._BLOCK
@@ -92,3 +95,23 @@ COMPLEX_CASES = [
 )
 def test_complex_kernels_match_reference(N, T, varying, dtype):
     _check(N, T, varying, dtype, seed=7 * N + T)
+
+
+# linear_recurrence takes its pole to the order-1 kernels as it is (sign -1),
+# not through allpole with A = -a; time-varying, every dtype, around the groups
+# of the blocked scan.
+RECURRENCE_LENGTHS = [2, 3, SCAN, SCAN + 1, SCAN + 2, 2 * SCAN + 2, BLOCK + 5]
+
+
+@pytest.mark.parametrize("T", RECURRENCE_LENGTHS, ids=[f"T{T}" for T in RECURRENCE_LENGTHS])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_recurrence_kernels_match_reference(T, dtype):
+    a, x, zi = recurrence_inputs((2,), T, True, dtype, seed=T)
+    grad_y = randn(2, T, dtype=dtype, generator=make_generator(T + 1))
+    for name, got, expected in zip(
+        ("y", "grad_a", "grad_x", "grad_zi"),
+        recurrence_library(a, x, zi, grad_y),
+        recurrence_reference(a, x, zi, grad_y),
+        strict=True,
+    ):
+        assert_close(got, expected, dtype, name)

@@ -259,4 +259,9 @@ def linear_recurrence(a: Tensor, x: Tensor, zi: Tensor | None = None) -> Tensor:
     if a.shape[-1] > 1 and a.stride(-1) == 0:
         # Expanded along time: negating the view would make it dense.
         a = _time_invariant_row(a[..., None])[..., 0]
+    elif a.shape[-1] > 1 and x.dtype in _SUPPORTED:
+        # Time-varying: the pole as it is, where the kernels take it so.
+        B = math.prod(x.shape[:-1])
+        y = _ops.linear_recurrence_op(a.reshape(B, T), x.reshape(B, T), zi.reshape(B))
+        return y.reshape(x.shape)
     return _filter(x, -a[..., None], zi[..., None])

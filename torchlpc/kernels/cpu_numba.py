@@ -82,8 +82,12 @@ _u = np.uint64
 
 
 @_kernel
-def _fwd_order1(x, a, stride, y):
-    """y[t] = x[t] - a[t] y[t-1] for t >= 1 (y[0] is set), as a blocked scan."""
+def _fwd_order1(x, a, stride, sign, y):
+    """y[t] = x[t] - sign a[t] y[t-1] for t >= 1 (y[0] is set), as a blocked scan.
+
+    ``sign`` is 1 for LPC coefficients; linear_recurrence passes its pole with -1,
+    which costs a multiplication here instead of a negated copy of it.
+    """
     T = _u(x.shape[0])
     s = _u(stride)
     K = _u(_SCAN_BLOCK)
@@ -94,11 +98,13 @@ def _fwd_order1(x, a, stride, y):
     while start + _u(4) * K <= T:
         i0, i1, i2, i3 = start, start + K, start + _u(2) * K, start + _u(3) * K
         z0, z1, z2, z3 = x[i0], x[i1], x[i2], x[i3]
-        p0, p1, p2, p3 = -a[i0 * s], -a[i1 * s], -a[i2 * s], -a[i3 * s]
+        p0, p1 = zero - sign * a[i0 * s], zero - sign * a[i1 * s]
+        p2, p3 = zero - sign * a[i2 * s], zero - sign * a[i3 * s]
         y[i0], y[i1], y[i2], y[i3] = z0, z1, z2, z3
         gains[0], gains[K], gains[_u(2) * K], gains[_u(3) * K] = p0, p1, p2, p3
         for j in range(_u(1), K):
-            c0, c1, c2, c3 = a[(i0 + j) * s], a[(i1 + j) * s], a[(i2 + j) * s], a[(i3 + j) * s]
+            c0, c1 = sign * a[(i0 + j) * s], sign * a[(i1 + j) * s]
+            c2, c3 = sign * a[(i2 + j) * s], sign * a[(i3 + j) * s]
             z0, z1 = x[i0 + j] - c0 * z0, x[i1 + j] - c1 * z1
             z2, z3 = x[i2 + j] - c2 * z2, x[i3 + j] - c3 * z3
             p0, p1, p2, p3 = zero - c0 * p0, zero - c1 * p1, zero - c2 * p2, zero - c3 * p3
@@ -111,7 +117,7 @@ def _fwd_order1(x, a, stride, y):
             previous = y[o + K - _u(1)]
         start += _u(4) * K
     for t in range(start, T):
-        previous = x[t] - a[t * s] * previous
+        previous = x[t] - sign * a[t * s] * previous
         y[t] = previous
 
 
@@ -208,7 +214,7 @@ def _fwd(x, a, stride, zi, y):
     if head == T:
         return
     if N == 1:
-        _fwd_order1(x, a, stride, y)
+        _fwd_order1(x, a, stride, y.dtype.type(1), y)
     elif N == 2 and stride == 0:
         _fwd_order2_invariant(x, a, y)
     elif N == 2:
@@ -250,17 +256,19 @@ def _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t):
 
 
 @_kernel
-def _bwd_order1(grad_y, a, y, zi, grad_x, grad_A, need_A):
-    """N = 1 and T >= 2, all of it: grad_x[t] = grad_y[t] - conj(a[t+1]) grad_x[t+1]
-    as a blocked scan backwards in time (see _fwd_order1), grad_A per group of blocks."""
+def _bwd_order1(grad_y, a, sign, y, zi, grad_x, grad_a, need_a):
+    """N = 1 and T >= 2, all of it: grad_x[t] = grad_y[t] - conj(c[t+1]) grad_x[t+1]
+    with c = sign a, as a blocked scan backwards in time (see _fwd_order1); the
+    gradient of a, sign times that of c, per group of blocks; grad_zi is returned."""
     T = grad_y.shape[0]
     K = _u(_SCAN_BLOCK)
     zero = grad_y.dtype.type(0)
     gains = np.empty(_SCAN_CHAINS * _SCAN_BLOCK, dtype=grad_y.dtype)
     following = grad_y[T - 1]
     grad_x[T - 1] = following
-    if need_A:
-        grad_A[T - 1] = -following * np.conj(y[T - 2])
+    scale = -np.conj(sign)
+    if need_a:
+        grad_a[T - 1] = scale * following * np.conj(y[T - 2])
     # Blocks run downwards from `top`; block g covers top - g K - j for j < K.
     top = T - 2
     span = _SCAN_CHAINS * _SCAN_BLOCK
@@ -268,15 +276,15 @@ def _bwd_order1(grad_y, a, y, zi, grad_x, grad_A, need_A):
         i0 = _u(top)
         i1, i2, i3 = i0 - K, i0 - _u(2) * K, i0 - _u(3) * K
         z0, z1, z2, z3 = grad_y[i0], grad_y[i1], grad_y[i2], grad_y[i3]
-        p0 = -np.conj(a[i0 + _u(1)])
-        p1 = -np.conj(a[i1 + _u(1)])
-        p2 = -np.conj(a[i2 + _u(1)])
-        p3 = -np.conj(a[i3 + _u(1)])
+        p0 = -np.conj(sign * a[i0 + _u(1)])
+        p1 = -np.conj(sign * a[i1 + _u(1)])
+        p2 = -np.conj(sign * a[i2 + _u(1)])
+        p3 = -np.conj(sign * a[i3 + _u(1)])
         grad_x[i0], grad_x[i1], grad_x[i2], grad_x[i3] = z0, z1, z2, z3
         gains[0], gains[K], gains[_u(2) * K], gains[_u(3) * K] = p0, p1, p2, p3
         for j in range(_u(1), K):
-            c0, c1 = np.conj(a[i0 - j + _u(1)]), np.conj(a[i1 - j + _u(1)])
-            c2, c3 = np.conj(a[i2 - j + _u(1)]), np.conj(a[i3 - j + _u(1)])
+            c0, c1 = np.conj(sign * a[i0 - j + _u(1)]), np.conj(sign * a[i1 - j + _u(1)])
+            c2, c3 = np.conj(sign * a[i2 - j + _u(1)]), np.conj(sign * a[i3 - j + _u(1)])
             z0, z1 = grad_y[i0 - j] - c0 * z0, grad_y[i1 - j] - c1 * z1
             z2, z3 = grad_y[i2 - j] - c2 * z2, grad_y[i3 - j] - c3 * z3
             p0, p1, p2, p3 = zero - c0 * p0, zero - c1 * p1, zero - c2 * p2, zero - c3 * p3
@@ -287,19 +295,20 @@ def _bwd_order1(grad_y, a, y, zi, grad_x, grad_A, need_A):
             for j in range(K):
                 grad_x[o - j] = gains[g * K + j] * following + grad_x[o - j]
             following = grad_x[o - K + _u(1)]
-        if need_A:
+        if need_a:
             low = i3 - K + _u(1)
             first = max(low, _u(1))
             for t in range(first, i0 + _u(1)):
-                grad_A[t] = -grad_x[t] * np.conj(y[t - _u(1)])
+                grad_a[t] = scale * grad_x[t] * np.conj(y[t - _u(1)])
         top -= span
     for t in range(top, -1, -1):
-        following = grad_y[t] - np.conj(a[t + 1]) * following
+        following = grad_y[t] - np.conj(sign * a[t + 1]) * following
         grad_x[t] = following
-        if need_A and t >= 1:
-            grad_A[t] = -following * np.conj(y[t - 1])
-    if need_A:
-        grad_A[0] = -grad_x[0] * np.conj(zi[0])
+        if need_a and t >= 1:
+            grad_a[t] = scale * following * np.conj(y[t - 1])
+    if need_a:
+        grad_a[0] = scale * grad_x[0] * np.conj(zi[0])
+    return -np.conj(sign * a[0]) * grad_x[0]
 
 
 @_kernel
@@ -450,8 +459,7 @@ def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
         return
     grad = grad_A.reshape(grad_A.size)
     if N == 1:
-        _bwd_order1(grad_y, a, y, zi, grad_x, grad, need_A)
-        grad_zi[0] = -np.conj(a[0]) * grad_x[0]
+        grad_zi[0] = _bwd_order1(grad_y, a, grad_y.dtype.type(1), y, zi, grad_x, grad, need_A)
     elif N < _REGISTER_LAGS:
         _bwd_gather(grad_y, a, y, zi, grad_x, grad, grad_zi, need_A)
     else:
@@ -475,6 +483,25 @@ def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A
     for b in range(grad_y.shape[0]):
         _allpole_vjp_row(
             grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_a[b], grad_zi[b], need_A
+        )
+
+
+@_kernel
+def linear_recurrence_kernel(a, x, zi, y):
+    """y[b, t] = a[b, t] y[b, t-1] + x[b, t] from y[b, -1] = zi[b]; T >= 1."""
+    minus_one = y.dtype.type(-1)
+    for b in range(x.shape[0]):
+        y[b, 0] = x[b, 0] + a[b, 0] * zi[b]
+        _fwd_order1(x[b], a[b], 1, minus_one, y[b])
+
+
+@_kernel
+def linear_recurrence_vjp_kernel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_a):
+    """grad_a (B, T), or an unused (B, 0) placeholder; T >= 2."""
+    minus_one = grad_y.dtype.type(-1)
+    for b in range(grad_y.shape[0]):
+        grad_zi[b] = _bwd_order1(
+            grad_y[b], a[b], minus_one, y[b], zi[b : b + 1], grad_x[b], grad_a[b], need_a
         )
 
 
@@ -589,4 +616,30 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     if need_A and time_invariant:
         grad_A = grad_a_wide.to(A.dtype)[:, None, :]
     return grad_x, grad_A, grad_zi
+
+
+def linear_recurrence(a: torch.Tensor, x: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
+    """``y[t] = a[t] y[t-1] + x[t]`` for a, x (B, T) and zi (B,), the pole taken as it
+    is: the allpole op would need A = -a, a negated copy of it."""
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel():
+        run_over_batch(linear_recurrence_kernel, x.numel(), _array(a), _array(x), _array(zi), y.numpy())
+    return y
+
+
+def linear_recurrence_vjp(grad_y, a, y, zi, need_a: bool):
+    """Gradients of linear_recurrence for T >= 2: (grad_a or None, grad_x, grad_zi)."""
+    B = grad_y.shape[0]
+    grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+    grad_zi = torch.empty_like(zi, memory_format=torch.contiguous_format)
+    grad_a = torch.empty_like(a, memory_format=torch.contiguous_format) if need_a else None
+    placeholder = np.empty((B, 0), dtype=_NUMPY_DTYPES[a.dtype])
+    if grad_y.numel():
+        run_over_batch(
+            linear_recurrence_vjp_kernel, grad_y.numel(),
+            _array(grad_y), _array(a), _array(y), _array(zi),
+            grad_x.numpy(), placeholder if grad_a is None else grad_a.numpy(), grad_zi.numpy(),
+            need_a,
+        )
+    return grad_a, grad_x, grad_zi
 
