@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import filter_inputs, make_generator, randn
+from conftest import (
+    filter_inputs,
+    long_double_results,
+    make_generator,
+    randn,
+    worst_long_double_error,
+)
 from torchlpc.kernels import chunked
 from torchlpc.reference import allpole_reference, allpole_vjp_reference
 
@@ -260,49 +266,12 @@ def test_strided_inputs():
         assert_close(actual, wanted)
 
 
-def long_double_results(x, A, zi, grad_y):
-    """y, grad_x, grad_A, grad_zi of a real filter in long double, by loops over time.
-
-    On x86-64 numpy's long double has a 64-bit mantissa: 11 more bits than float64,
-    enough to measure float64 errors on the ill-conditioned filters below.
-    """
-    x, A, zi, grad_y = (t.numpy().astype(np.longdouble) for t in (x, A, zi, grad_y))
-    B, T = x.shape
-    N = A.shape[-1]
-
-    def row(t):
-        return A[:, t if A.shape[1] > 1 else 0]
-
-    # padded[:, N + t] is y[t]; padded[:, :N] the initial state, oldest first.
-    padded = np.concatenate([zi[:, ::-1], np.zeros_like(x)], axis=1)
-    for t in range(T):
-        padded[:, N + t] = x[:, t] - (row(t) * padded[:, t : N + t][:, ::-1]).sum(-1)
-    # pending[:, N + t] is what has been pushed onto time t, t = -N ... T - 1.
-    pending = np.zeros((B, N + T), dtype=np.longdouble)
-    for t in range(T - 1, -1, -1):
-        pending[:, N + t] += grad_y[:, t]
-        pending[:, t : N + t] -= row(t)[:, ::-1] * pending[:, N + t, None]
-    grad_x = pending[:, N:]
-    grad_A = np.stack([-grad_x * padded[:, N - i : N - i + T] for i in range(1, N + 1)], axis=-1)
-    if A.shape[1] == 1:
-        grad_A = grad_A.sum(1, keepdims=True)
-    return padded[:, N:], grad_x, grad_A, pending[:, :N][:, ::-1]
-
-
 def test_long_double_results_helper_matches_reference():
     x, A, zi, grad_y = make_inputs(2, 30, 4, False, torch.float64)
     y = allpole_reference(x, A, zi)
     expected = [y, *allpole_vjp_reference(grad_y, A, y, zi)]
     for got, wanted in zip(long_double_results(x, A, zi, grad_y), expected, strict=True):
         assert_close(torch.from_numpy(got.astype(np.float64)), wanted)
-
-
-def worst_long_double_error(results, truth):
-    """The worst, over y and the three gradients, of ``max |error| / max |truth|``."""
-    return max(
-        float(np.abs(r.numpy().astype(np.longdouble) - t).max() / np.abs(t).max())
-        for r, t in zip(results, truth, strict=True)
-    )
 
 
 @pytest.mark.parametrize("chunk_size", [8, None, 64], ids=["L8", "default_L", "L64"])
