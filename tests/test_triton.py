@@ -1,5 +1,9 @@
 """The Triton kernels (torchlpc.kernels.cuda_triton) against the reference loops.
 
+First the kernels alone; then the library on them (TORCHLPC_BACKEND=triton):
+outputs and gradients, gradcheck with forward AD and double backward, vmap,
+jacfwd/jacrev/hessian, and torch.compile(fullgraph=True), in both variants.
+
 On a machine without CUDA the kernels run on CPU tensors in Triton's
 interpreter. Triton reads TRITON_INTERPRET when a kernel is defined, that is
 when cuda_triton is first imported, so it is switched on here, at collection,
@@ -30,8 +34,15 @@ from conftest import (
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
+
+from torchlpc import linear_recurrence, sample_wise_lpc  # noqa: E402
 from torchlpc.kernels import cuda_triton  # noqa: E402
-from torchlpc.reference import allpole_reference, allpole_vjp_reference  # noqa: E402
+from torchlpc.reference import (  # noqa: E402
+    allpole_reference,
+    allpole_vjp_reference,
+    linear_recurrence_reference,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 UNUSABLE = cuda_triton.why_unusable(DEVICE)
@@ -314,3 +325,171 @@ def test_chunked_float64_clustered_poles_as_accurate_as_sequential(monkeypatch, 
     # The case is hard enough to need the refinement.
     monkeypatch.setattr(cuda_triton, "_refines", lambda data, C: False)
     assert worst_error(chunks_of(16)) > bound
+
+
+# ----------------------------------------------------------------------------
+# The library on the Triton backend: the registered ops, their autograd, jvp
+# and vmap rules, and torch.compile, with TORCHLPC_BACKEND=triton forcing these
+# kernels (on CPU tensors under the interpreter when there is no GPU). The
+# "chunked" rows force the chunked variant with chunks of 2, so that every call
+# has several chunks and, for odd T, a partial last one.
+
+LIBRARY_VARIANTS = [
+    pytest.param("sequential", id="seq"),
+    pytest.param("chunked", id="chunked"),
+]
+
+
+@pytest.fixture(params=LIBRARY_VARIANTS)
+def triton_backend(request, monkeypatch):
+    """Routes every op to the Triton kernels, in the variant of the parameter."""
+    monkeypatch.setenv("TORCHLPC_BACKEND", "triton")
+
+    def choose(B, T, N, device):
+        return ("chunked", 2) if request.param == "chunked" else ("sequential", T)
+
+    monkeypatch.setattr(cuda_triton, "choose_triton_variant", choose)
+    # The kernels' calls, so that a test can tell they ran.
+    calls = []
+    for name in ("allpole", "allpole_vjp"):
+        kernel = getattr(cuda_triton, name)
+
+        def counted(*args, _kernel=kernel, _name=name, **kwargs):
+            calls.append(_name)
+            return _kernel(*args, **kwargs)
+
+        monkeypatch.setattr(cuda_triton, name, counted)
+    return calls
+
+
+def library_inputs(B, T, N, time_invariant, dtype=torch.float64, seed=20):
+    x, A, zi = filter_inputs((B,), T, N, dtype=dtype, seed=seed, varying=not time_invariant)
+    return tuple(t.to(DEVICE) for t in (x, A, zi))
+
+
+def recurrence_inputs(B, T, N, time_invariant, seed):
+    """float64 CPU ``a, zi1`` for linear_recurrence, and upstream gradients of the three outputs."""
+    generator = make_generator(seed)
+    a = 0.8 * randn(B, 1 if time_invariant else T, dtype=torch.float64, generator=generator)
+    zi1 = randn(B, dtype=torch.float64, generator=generator)
+    shapes = ((B, T), (B, N), (B, T))
+    upstream = [randn(*shape, dtype=torch.float64, generator=generator) for shape in shapes]
+    return a, zi1, upstream
+
+
+def library_function(x, A, zi, a, zi1):
+    y, zf = sample_wise_lpc(x, A, zi, return_zf=True)
+    return y, zf, linear_recurrence(a, y, zi1)
+
+
+def reference_function(x, A, zi, a, zi1):
+    """library_function by the reference loops, in float64 on the CPU."""
+    x, A, zi, a, zi1 = (t.cpu().double() for t in (x, A, zi, a, zi1))
+    y = allpole_reference(x, A, zi)
+    zf = torch.cat([zi.flip(-1), y], dim=-1)[..., -A.shape[-1] :].flip(-1)
+    return y, zf, linear_recurrence_reference(a, y, zi1)
+
+
+@requires_kernels
+@pytest.mark.parametrize("time_invariant", [False, True], ids=["tv", "ti"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_library_matches_reference(triton_backend, time_invariant, dtype):
+    B, T, N = 2, 7, 3
+    x, A, zi = library_inputs(B, T, N, time_invariant, dtype)
+    a, zi1, upstream = recurrence_inputs(B, T, N, time_invariant, seed=21)
+    inputs = [x, A, zi, a.to(DEVICE, dtype), zi1.to(DEVICE, dtype)]
+
+    def results(function, inputs, upstream):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        outputs = function(*leaves)
+        grads = torch.autograd.grad(outputs, leaves, upstream)
+        return [o.detach() for o in outputs] + list(grads)
+
+    got = results(library_function, inputs, [u.to(DEVICE, dtype) for u in upstream])
+    expected = results(reference_function, [t.cpu().double() for t in inputs], upstream)
+    assert triton_backend.count("allpole") >= 2 and "allpole_vjp" in triton_backend
+    for g, e in zip(got, expected, strict=True):
+        assert g.dtype == dtype
+        assert_close(g, e)
+
+
+@requires_kernels
+@pytest.mark.parametrize("time_invariant", [False, True], ids=["tv", "ti"])
+def test_gradcheck_forward_ad_and_double_backward(triton_backend, time_invariant):
+    # Forward AD (jvp), batched gradients (vmap over the backward), and the
+    # backward of the backward, both reverse over reverse and forward over
+    # reverse. fast_mode (random projections of the Jacobians) and one row,
+    # since every finite difference is a kernel launch in the interpreter.
+    x, A, zi = library_inputs(1, 5, 2, time_invariant)
+    args = tuple(t.clone().requires_grad_() for t in (x, A, zi))
+
+    def function(*args):
+        return sample_wise_lpc(*args, return_zf=True)
+
+    assert gradcheck(
+        function, args, fast_mode=True, check_forward_ad=True, check_batched_grad=True
+    )
+    assert gradgradcheck(
+        function, args, fast_mode=True, check_fwd_over_rev=True, check_batched_grad=True
+    )
+    assert "allpole_vjp" in triton_backend
+
+
+@requires_kernels
+def test_torch_func_transforms(triton_backend):
+    V, B, T, N = 3, 1, 5, 2
+    x, A, zi = library_inputs(V * B, T, N, False, seed=22)
+    x, A, zi = (t.reshape(V, B, *t.shape[1:]) for t in (x, A, zi))
+
+    def function(x, A, zi):
+        return sample_wise_lpc(x, A, zi, return_zf=True)
+
+    # vmap, with A shared by the vmapped examples.
+    y, zf = torch.func.vmap(function, in_dims=(0, None, 0))(x, A[0], zi)
+    for v in range(V):
+        expected = allpole_reference(*(t.cpu() for t in (x[v], A[0], zi[v])))
+        assert_close(y[v], expected)
+        assert_close(zf[v], expected[:, -N:].flip(-1))
+
+    # jvp (jacfwd) and vjp (jacrev) Jacobians in A agree (gradcheck above covers
+    # x and zi), and the Hessian, forward over reverse, is the reverse-over-reverse one.
+    args = (x[0], A[0], zi[0])
+    forward = torch.func.jacfwd(function, argnums=1)(*args)
+    reverse = torch.func.jacrev(function, argnums=1)(*args)
+    for f, r in zip(forward, reverse, strict=True):
+        assert_close(f, r.cpu())
+
+    def loss(A):
+        y, zf = function(x[0], A, zi[0])
+        return (y**2).sum() + zf.sum() ** 2
+
+    hessian = torch.func.hessian(loss)(A[0])
+    assert hessian.shape == (*A[0].shape, *A[0].shape)
+    assert_close(hessian, torch.func.jacrev(torch.func.jacrev(loss))(A[0]).cpu())
+
+
+@requires_kernels
+@pytest.mark.parametrize("time_invariant", [False, True], ids=["tv", "ti"])
+def test_compile_fullgraph(triton_backend, time_invariant):
+    torch._dynamo.reset()
+    try:
+        B, T, N = 2, 7, 3
+        x, A, zi = library_inputs(B, T, N, time_invariant, seed=23)
+        a, zi1, upstream = recurrence_inputs(B, T, N, time_invariant, seed=24)
+        a, zi1, *upstream = (t.to(DEVICE) for t in (a, zi1, *upstream))
+
+        def results(function):
+            leaves = [t.clone().requires_grad_() for t in (x, A, zi, a, zi1)]
+            outputs = function(*leaves)
+            grads = torch.autograd.grad(outputs, leaves, upstream)
+            return [o.detach() for o in outputs] + list(grads)
+
+        eager = results(library_function)
+        calls = len(triton_backend)
+        # fullgraph=True raises on any graph break.
+        compiled = results(torch.compile(library_function, fullgraph=True))
+        assert len(triton_backend) > calls, "the compiled function should run the Triton kernels"
+        for c, e in zip(compiled, eager, strict=True):
+            assert_close(c, e.cpu())
+    finally:
+        torch._dynamo.reset()
