@@ -136,6 +136,8 @@ CASES = [
     pytest.param(2, 2, 5, False, SEQUENTIAL, id="seq-T_below_N"),
     pytest.param(2, 9, 1, False, SEQUENTIAL, id="seq-N1"),
     pytest.param(2, 11, 5, False, SEQUENTIAL, id="seq-N5_padded_block"),
+    pytest.param(1, 7, 100, False, SEQUENTIAL, id="seq-N100_above_T"),
+    pytest.param(1, 9, 40, False, chunks_of(4), id="chunked-N40_above_L_and_T"),
     pytest.param(2, 13, 3, False, chunks_of(4), id="chunked-partial_chunk_of_1"),
     pytest.param(2, 12, 3, False, chunks_of(4), id="chunked-whole_chunks"),
     pytest.param(2, 11, 5, False, chunks_of(2), id="chunked-chunk_below_N"),
@@ -263,12 +265,51 @@ def test_complex_is_refused_before_launch():
         pytest.param("mps", None, "CUDA", id="mps"),
         pytest.param("xpu", torch.float32, "CUDA", id="xpu"),
         pytest.param(DEVICE.type, torch.complex64, "complex", id="complex"),
+        pytest.param(DEVICE.type, torch.float16, "half precision in float32", id="float16"),
+        pytest.param(DEVICE.type, torch.bfloat16, "half precision in float32", id="bfloat16"),
     ],
 )
 def test_why_unusable_explains(device, dtype, expected):
     reason = cuda_triton.why_unusable(torch.device(device), dtype)
     assert reason is not None
     assert expected in reason or "not installed" in reason
+    if dtype is not None and not dtype.is_complex:
+        assert "complex" not in reason
+
+
+@requires_kernels
+def test_half_precision_is_refused_before_launch():
+    x = torch.zeros(1, 4, dtype=torch.float16, device=DEVICE)
+    A = torch.zeros(1, 4, 2, dtype=torch.float16, device=DEVICE)
+    zi = torch.zeros(1, 2, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(NotImplementedError, match="not torch.float16 .the public functions"):
+        cuda_triton.allpole(x, A, zi)
+
+
+@requires_kernels
+@pytest.mark.parametrize(
+    "N, variant, message",
+    [
+        pytest.param(1025, chunks_of(2), "N can be at most 1024, not 1025", id="chunked"),
+        pytest.param((1 << 20) + 1, SEQUENTIAL, "N can be at most 1048576", id="sequential"),
+    ],
+)
+def test_order_too_large_for_a_block_is_refused_before_launch(N, variant, message):
+    # Triton blocks hold at most 2**20 elements: the chunked kernels' N x N
+    # transition matrix, and every kernel's ring of the last N values.
+    x = torch.zeros(1, 3, dtype=torch.float32, device=DEVICE)
+    A = torch.zeros(1, 1, N, dtype=torch.float32, device=DEVICE)
+    zi = torch.zeros(1, N, dtype=torch.float32, device=DEVICE)
+    with pytest.raises(ValueError, match=message):
+        cuda_triton.allpole(x, A, zi, **variant)
+    with pytest.raises(ValueError, match=message):
+        cuda_triton.allpole_vjp(x, A, x, zi, True, **variant)
+
+
+@requires_kernels
+def test_chunked_at_the_largest_order():
+    # N = 1024 fills a transition-matrix block exactly; T < N, two chunks.
+    run(1, 3, 1024, True, torch.float64, **chunks_of(2))
 
 
 def test_imports_and_explains_without_triton(monkeypatch):

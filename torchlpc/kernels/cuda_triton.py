@@ -586,11 +586,16 @@ def why_unusable(device: torch.device, dtype: torch.dtype | None = None) -> str 
     elif device.type != "cuda":
         return f"the triton backend runs on CUDA tensors, not on {device.type!r} tensors"
     if dtype is not None and dtype not in _SUPPORTED_DTYPES:
-        return (
-            f"the triton backend supports float32 and float64, not {dtype} "
-            "(Triton has no complex type)"
-        )
+        return f"the triton backend supports float32 and float64, not {dtype}{_why_not(dtype)}"
     return None
+
+
+def _why_not(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return " (Triton has no complex type)"
+    if dtype in (torch.float16, torch.bfloat16):
+        return " (the public functions compute half precision in float32)"
+    return ""
 
 
 def _interpreted() -> bool:
@@ -625,6 +630,14 @@ def choose_triton_variant(B: int, T: int, N: int, device: torch.device) -> tuple
 def _plan(
     B: int, T: int, N: int, device: torch.device, variant: str | None, chunk_size: int | None
 ) -> tuple[str, int]:
+    variant, L = _choose(B, T, N, device, variant, chunk_size)
+    _check_order(N, variant)
+    return variant, L
+
+
+def _choose(
+    B: int, T: int, N: int, device: torch.device, variant: str | None, chunk_size: int | None
+) -> tuple[str, int]:
     if variant is None and chunk_size is None:
         return choose_triton_variant(B, T, N, device)
     if variant == "sequential":
@@ -636,6 +649,23 @@ def _plan(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of samples, got {chunk_size}.")
     return "chunked", min(chunk_size, T)
+
+
+def _check_order(N: int, variant: str) -> None:
+    """Refuse, before launch, an order whose blocks Triton cannot hold."""
+    BN = triton.next_power_of_2(N)
+    largest = tl.TRITON_MAX_TENSOR_NUMEL
+    if variant == "chunked" and BN * BN > largest:
+        raise ValueError(
+            f"the chunked Triton kernels hold an N x N transition matrix in one block, "
+            f"at most {largest} elements, so N can be at most {math.isqrt(largest)}, "
+            f"not {N}; use variant='sequential'."
+        )
+    if BN > largest:
+        raise ValueError(
+            f"torchlpc's Triton kernels hold the last N values in one block of at most "
+            f"{largest} elements, so N can be at most {largest}, not {N}."
+        )
 
 
 def _on_device_of_first_argument(launcher):
@@ -656,8 +686,8 @@ def _on_device_of_first_argument(launcher):
 def _check_dtype(x: Tensor) -> None:
     if x.dtype not in _SUPPORTED_DTYPES:
         raise NotImplementedError(
-            f"torchlpc's Triton kernels support float32 and float64, not {x.dtype}: "
-            "Triton has no complex type."
+            f"torchlpc's Triton kernels support float32 and float64, not {x.dtype}"
+            f"{_why_not(x.dtype)}."
         )
 
 
