@@ -455,6 +455,25 @@ def test_library_matches_reference(triton_backend, time_invariant, dtype):
 
 
 @requires_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_computed_in_float32(triton_backend, dtype):
+    x, A, zi = (t.to(dtype) for t in library_inputs(2, 7, 3, False, torch.float32))
+    upstream = randn(2, 7, dtype=torch.float32, generator=make_generator(25)).to(DEVICE)
+
+    def results(*inputs, upstream):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        y = sample_wise_lpc(*leaves)
+        return [y.detach(), *torch.autograd.grad(y, leaves, upstream)]
+
+    got = results(x, A, zi, upstream=upstream.to(dtype))
+    wide = results(x.float(), A.float(), zi.float(), upstream=upstream.to(dtype).float())
+    assert "allpole_vjp" in triton_backend
+    for g, w in zip(got, wide, strict=True):
+        assert g.dtype == dtype
+        assert torch.equal(g, w.to(dtype))
+
+
+@requires_kernels
 @pytest.mark.parametrize("time_invariant", [False, True], ids=["tv", "ti"])
 def test_gradcheck_forward_ad_and_double_backward(triton_backend, time_invariant):
     # Forward AD (jvp), batched gradients (vmap over the backward), and the
