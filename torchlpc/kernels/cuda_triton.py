@@ -37,7 +37,8 @@ Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
     M[c] h[c]``, into the true initial state of every chunk; the correction is
     ``allpole_fwd_kernel`` / ``allpole_bwd_kernel`` again, one program per row
     and chunk, each re-running its chunk from its true initial state. The work
-    is about ``N + 2`` times the sequential one, spread over ``B * C`` programs.
+    is about ``N + 2`` times the sequential one (``N + 3`` for float64, below),
+    spread over ``B * C`` programs.
     Chunk states, transition matrices and the scan are float64 whatever the
     input dtype: the state of an order-N all-pole filter is its last N outputs,
     and for large N with poles near the unit circle a chunk's transition matrix
