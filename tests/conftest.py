@@ -1,6 +1,6 @@
 """Shared fixtures and helpers for the torchlpc tests.
 
-Three things live here:
+Four things live here:
 
 * NaN-poisoning: for the whole session, ``torch.empty``, ``torch.empty_like`` and
   ``Tensor.new_empty`` hand out floating point and complex tensors filled with
@@ -10,6 +10,8 @@ Three things live here:
   ``TORCHLPC_BACKEND`` (read on every call).
 * Random inputs: stable filter coefficients built from reflection coefficients,
   a dtype-keyed tolerance table, and a norm-wise error measure.
+* A ground truth in long double for real filters, to measure float64 errors on
+  ill-conditioned ones.
 
 Test modules import the helpers with ``from conftest import ...``.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,7 +224,48 @@ def filter_inputs(batch, T, N, *, dtype, seed, varying=True, **coefficients):
 
 def poles(A):
     """Roots of ``z^N + sum_i A[i-1] z^(N-i)`` for every row of ``A (*, N)``, as numpy."""
-    import numpy as np
-
     rows = A.detach().reshape(-1, A.shape[-1]).to(WIDE[A.dtype]).numpy()
     return [np.roots(np.concatenate([[1.0], row])) for row in rows]
+
+
+# ----------------------------------------------------------------------------
+# Ground truth in extended precision, for float64 on ill-conditioned filters.
+
+
+def long_double_results(x, A, zi, grad_y):
+    """y, grad_x, grad_A, grad_zi of a real filter in long double, by loops over time.
+
+    Takes CPU tensors. On x86-64 numpy's long double has a 64-bit mantissa, 11
+    bits more than float64: enough to measure float64 errors on filters whose
+    clustered poles near the unit circle cost float64 loops several digits.
+    """
+    x, A, zi, grad_y = (t.numpy().astype(np.longdouble) for t in (x, A, zi, grad_y))
+    B, T = x.shape
+    N = A.shape[-1]
+
+    def row(t):
+        return A[:, t if A.shape[1] > 1 else 0]
+
+    # padded[:, N + t] is y[t]; padded[:, :N] the initial state, oldest first.
+    padded = np.concatenate([zi[:, ::-1], np.zeros_like(x)], axis=1)
+    for t in range(T):
+        padded[:, N + t] = x[:, t] - (row(t) * padded[:, t : N + t][:, ::-1]).sum(-1)
+    # pending[:, N + t] is what has been pushed onto time t, t = -N ... T - 1.
+    pending = np.zeros((B, N + T), dtype=np.longdouble)
+    for t in range(T - 1, -1, -1):
+        pending[:, N + t] += grad_y[:, t]
+        pending[:, t : N + t] -= row(t)[:, ::-1] * pending[:, N + t, None]
+    grad_x = pending[:, N:]
+    grad_A = np.stack([-grad_x * padded[:, N - i : N - i + T] for i in range(1, N + 1)], axis=-1)
+    if A.shape[1] == 1:
+        grad_A = grad_A.sum(1, keepdims=True)
+    return padded[:, N:], grad_x, grad_A, pending[:, :N][:, ::-1]
+
+
+def worst_long_double_error(results, truth):
+    """The worst, over y and the three gradients, of ``max |error| / max |truth|``."""
+    return max(
+        float(np.abs(r.detach().cpu().numpy().astype(np.longdouble) - t).max() / np.abs(t).max())
+        for r, t in zip(results, truth, strict=True)
+    )
+

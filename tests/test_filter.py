@@ -434,20 +434,8 @@ def _worst_error(results, truth):
     )
 
 
-# The chunked algorithm carries states across chunks through N x N transition
-# matrices; with eight poles clustered at 0.998..0.999 those dwarf the states and
-# u + M h cancels (kernels/chunked.py says so). Measured: y, grad_x, grad_A,
-# grad_zi off by up to 6e-10 relative, against 4e-12 for scipy's float64 lfilter
-# and 7e-12 for the numba and reference backends. Kept strict so a fix shows.
-CHUNKED_ILL_CONDITIONED = pytest.mark.xfail(
-    strict=True,
-    reason="chunked backend: float64 error about 100x scipy's on clustered poles near the "
-    "unit circle (documented cancellation in the chunk-state scan)",
-)
-
-
 @pytest.mark.parametrize("N", [pytest.param(2, id="N2"), pytest.param(8, id="N8")])
-def test_near_unit_circle_time_invariant_matches_lfilter(request, backend, N):
+def test_near_unit_circle_time_invariant_matches_lfilter(backend, N):
     """Against scipy's lfilter in extended precision (long double).
 
     With eight poles clustered at modulus 0.998 to 0.999 the problem itself is
@@ -457,8 +445,6 @@ def test_near_unit_circle_time_invariant_matches_lfilter(request, backend, N):
     worst of y and the three gradients is compared, since one result's error
     alone varies several-fold with summation order.
     """
-    if backend == "chunked" and N == 8:
-        request.applymarker(CHUNKED_ILL_CONDITIONED)
     x, A, zi = filter_inputs((2,), LONG_T, N, dtype=torch.float64, seed=12, varying=False, **NEAR_CIRCLE)
     grad_y = randn(2, LONG_T, dtype=torch.float64, generator=make_generator(13))
     got = library_results(x, A, zi, grad_y, torch.zeros_like(zi))

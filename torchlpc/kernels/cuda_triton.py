@@ -28,7 +28,8 @@ Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
     ``allpole_fwd_kernel`` / ``allpole_bwd_kernel`` with one chunk of length T
     per row: one program per row.
 ``chunked``
-    time cut into C chunks of length L, run in three launches:
+    time cut into C chunks of length L, run in three launches (five for
+    float64, below):
     ``*_chunk_state`` (one program per row and chunk) gives each chunk's end
     state from a zero initial state and its ``N x N`` state-transition matrix,
     by running the N unit initial states through the chunk in a ``[BN, BN]``
@@ -36,7 +37,8 @@ Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
     M[c] h[c]``, into the true initial state of every chunk; the correction is
     ``allpole_fwd_kernel`` / ``allpole_bwd_kernel`` again, one program per row
     and chunk, each re-running its chunk from its true initial state. The work
-    is about ``N + 2`` times the sequential one, spread over ``B * C`` programs.
+    is about ``N + 2`` times the sequential one (``N + 3`` for float64, below),
+    spread over ``B * C`` programs.
     Chunk states, transition matrices and the scan are float64 whatever the
     input dtype: the state of an order-N all-pole filter is its last N outputs,
     and for large N with poles near the unit circle a chunk's transition matrix
@@ -46,7 +48,14 @@ Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
     on such filters (N = 16, 32, poles up to 0.99) and overflowed to NaN on
     some; with float64 states it was as accurate as the float32 sequential loop
     (see :mod:`torchlpc.kernels.chunked`). The chunk runs themselves, and so
-    the outputs, stay in float32 for float32 inputs.
+    the outputs, stay in float32 for float32 inputs. Float64 inputs have no
+    wider states, and on clustered poles near the unit circle the scan alone
+    was 40 to 30,000 times less accurate than the sequential kernel; for them
+    two more launches refine it, as :mod:`torchlpc.kernels.chunked` does: the
+    correction kernel run once from the scanned states, writing where each
+    chunk ends (``STORE_FINAL_STATE``), and ``*_refine`` (one program per row),
+    which carries the defects ``ht[c] - h[c + 1]`` through the same scan and
+    adds the result to the states, before the final correction run.
 
 ``choose_triton_variant(B, T, N, device)`` picks one. Sequential when the batch
 alone gives enough programs (``B >= 2 * SMs``), when ``N > 32`` (the chunked
@@ -97,9 +106,11 @@ __all__ = [
     "allpole_fwd_kernel",
     "allpole_fwd_kernel_chunk_state",
     "allpole_fwd_kernel_scan",
+    "allpole_fwd_kernel_refine",
     "allpole_bwd_kernel",
     "allpole_bwd_kernel_chunk_state",
     "allpole_bwd_kernel_scan",
+    "allpole_bwd_kernel_refine",
 ]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -129,17 +140,20 @@ def allpole_fwd_kernel(
     A,
     h0,
     y,
+    ht,
     T,
     L,
     N: tl.constexpr,
     BN: tl.constexpr,
     TIME_INVARIANT: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """Run chunk ``i_c`` of row ``i_b`` from its initial state ``h0[i_b, i_c]`` and write y.
 
     ``h0`` is ``(B, C, N)``, most recent output first; with ``L = T`` there is one
-    chunk and ``h0`` is ``zi``.
+    chunk and ``h0`` is ``zi``. With ``STORE_FINAL_STATE`` the state the chunk
+    ends in is written to ``ht[i_b, i_c]`` (``(B, C, N)``, in ``ACC``).
     """
     i_p = tl.program_id(0).to(tl.int64)
     NC = tl.cdiv(T, L)
@@ -174,6 +188,12 @@ def allpole_fwd_kernel(
         p_y += 1
         if not TIME_INVARIANT:
             p_a += N
+
+    if STORE_FINAL_STATE:
+        # Slot r now holds end-state entry (i_r - 1 - r) mod N.
+        o_k = i_r - 1 - o_n
+        o_k = tl.where(o_k < 0, o_k + N, o_k)
+        tl.store(ht + i_p * N + o_k, b_h, mask=m_n)
 
 
 @_jit(do_not_specialize=["T", "L"])
@@ -274,6 +294,45 @@ def allpole_fwd_kernel_scan(
     tl.store(p_h, b_h, mask=m_n)
 
 
+@_jit(do_not_specialize=["T", "L"])
+def allpole_fwd_kernel_refine(
+    M,
+    h0,
+    ht,
+    T,
+    L,
+    N: tl.constexpr,
+    BN: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Correct the chunks' initial states ``h0`` of row ``i_b`` in place.
+
+    ``ht[c]`` is where chunk c ends when run from ``h0[c]``; the defect
+    ``ht[c] - h0[c + 1]``, carried through the scan, ``e[0] = 0`` and
+    ``e[c + 1] = ht[c] - h0[c + 1] + M[c] e[c]``, is the correction ``h0 += e``.
+    """
+    i_b = tl.program_id(0).to(tl.int64)
+    NC = tl.cdiv(T, L)
+
+    o_n = tl.arange(0, BN)
+    m_n = o_n < N
+    # [BN]
+    b_e = tl.zeros([BN], dtype=ACC)
+    p_h = h0 + i_b * NC * N + o_n
+    p_t = ht + i_b * NC * N + o_n
+    p_M = M + i_b * NC * N * N + o_n[:, None] * N + o_n[None, :]
+    for _ in range(0, NC - 1):
+        tl.store(p_h, tl.load(p_h, mask=m_n, other=0) + b_e, mask=m_n)
+        # [BN, BN]
+        b_M = tl.load(p_M, mask=m_n[:, None] & m_n[None, :], other=0)
+        b_d = tl.load(p_t, mask=m_n, other=0) - tl.load(p_h + N, mask=m_n, other=0)
+        b_e = b_d + tl.sum(b_M * b_e[None, :], axis=1)
+        p_h += N
+        p_t += N
+        p_M += N * N
+    tl.store(p_h, tl.load(p_h, mask=m_n, other=0) + b_e, mask=m_n)
+
+
 # ----------------------------------------------------------------------------
 # Backward.
 
@@ -288,6 +347,7 @@ def allpole_bwd_kernel(
     grad_x,
     grad_A,
     grad_zi,
+    ht,
     T,
     L,
     N: tl.constexpr,
@@ -295,6 +355,7 @@ def allpole_bwd_kernel(
     TIME_INVARIANT: tl.constexpr,
     NEED_A: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """Run chunk ``i_c`` of row ``i_b`` backwards; write grad_x, grad_A and, for chunk 0, grad_zi.
@@ -302,6 +363,8 @@ def allpole_bwd_kernel(
     ``h0[i_b, i_c, k]`` (``(B, C, N)``, zero without ``USE_INITIAL_STATE``) is the
     sum already pushed onto time ``t1 - 1 - k`` of the chunk ``[t0, t1)``. For a
     time-invariant A, ``grad_A`` is ``(B, C, N)``: one partial sum per chunk.
+    With ``STORE_FINAL_STATE`` what the chunk pushes onto time ``t0 - 1 - k`` is
+    written to ``ht[i_b, i_c, k]`` (``(B, C, N)``, in ``ACC``).
     """
     i_p = tl.program_id(0).to(tl.int64)
     NC = tl.cdiv(T, L)
@@ -356,11 +419,13 @@ def allpole_bwd_kernel(
         if not TIME_INVARIANT:
             p_a -= N
 
+    # Slot r now holds the sum pushed onto time t0 - 1 - k, k = (r - i_r) mod N.
+    o_k = o_n - i_r
+    o_k = tl.where(o_k < 0, o_k + N, o_k)
     if i_c == 0:
-        # Slot r now holds the sum pushed onto time -1 - k, k = (r - i_r) mod N.
-        o_k = o_n - i_r
-        o_k = tl.where(o_k < 0, o_k + N, o_k)
         tl.store(grad_zi + i_b * N + o_k, b_h.to(grad_zi.dtype.element_ty), mask=m_n)
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_p * N + o_k, b_h, mask=m_n)
     if NEED_A and TIME_INVARIANT:
         tl.store(grad_A + i_p * N + o_n, b_dA, mask=m_n)
 
@@ -464,6 +529,46 @@ def allpole_bwd_kernel_scan(
     tl.store(p_h, b_h, mask=m_n)
 
 
+@_jit(do_not_specialize=["T", "L"])
+def allpole_bwd_kernel_refine(
+    M,
+    h0,
+    ht,
+    T,
+    L,
+    N: tl.constexpr,
+    BN: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Correct the pushes ``h0`` entering every chunk of row ``i_b`` in place, last chunk first.
+
+    ``ht[c]`` is what chunk c pushes onto the chunk before it when run from
+    ``h0[c]``; the defect ``ht[c] - h0[c - 1]``, carried through the scan,
+    ``e[C - 1] = 0`` and ``e[c - 1] = ht[c] - h0[c - 1] + M[c] e[c]``, is the
+    correction ``h0 += e``.
+    """
+    i_b = tl.program_id(0).to(tl.int64)
+    NC = tl.cdiv(T, L)
+
+    o_n = tl.arange(0, BN)
+    m_n = o_n < N
+    # [BN]
+    b_e = tl.zeros([BN], dtype=ACC)
+    p_h = h0 + (i_b * NC + NC - 1) * N + o_n
+    p_t = ht + (i_b * NC + NC - 1) * N + o_n
+    p_M = M + (i_b * NC + NC - 1) * N * N + o_n[:, None] * N + o_n[None, :]
+    for _ in range(0, NC - 1):
+        tl.store(p_h, tl.load(p_h, mask=m_n, other=0) + b_e, mask=m_n)
+        # [BN, BN]
+        b_M = tl.load(p_M, mask=m_n[:, None] & m_n[None, :], other=0)
+        b_d = tl.load(p_t, mask=m_n, other=0) - tl.load(p_h - N, mask=m_n, other=0)
+        b_e = b_d + tl.sum(b_M * b_e[None, :], axis=1)
+        p_h -= N
+        p_t -= N
+        p_M -= N * N
+    tl.store(p_h, tl.load(p_h, mask=m_n, other=0) + b_e, mask=m_n)
+
+
 # ----------------------------------------------------------------------------
 # Launchers.
 
@@ -482,11 +587,16 @@ def why_unusable(device: torch.device, dtype: torch.dtype | None = None) -> str 
     elif device.type != "cuda":
         return f"the triton backend runs on CUDA tensors, not on {device.type!r} tensors"
     if dtype is not None and dtype not in _SUPPORTED_DTYPES:
-        return (
-            f"the triton backend supports float32 and float64, not {dtype} "
-            "(Triton has no complex type)"
-        )
+        return f"the triton backend supports float32 and float64, not {dtype}{_why_not(dtype)}"
     return None
+
+
+def _why_not(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return " (Triton has no complex type)"
+    if dtype in (torch.float16, torch.bfloat16):
+        return " (the public functions compute half precision in float32)"
+    return ""
 
 
 def _interpreted() -> bool:
@@ -521,6 +631,14 @@ def choose_triton_variant(B: int, T: int, N: int, device: torch.device) -> tuple
 def _plan(
     B: int, T: int, N: int, device: torch.device, variant: str | None, chunk_size: int | None
 ) -> tuple[str, int]:
+    variant, L = _choose(B, T, N, device, variant, chunk_size)
+    _check_order(N, variant)
+    return variant, L
+
+
+def _choose(
+    B: int, T: int, N: int, device: torch.device, variant: str | None, chunk_size: int | None
+) -> tuple[str, int]:
     if variant is None and chunk_size is None:
         return choose_triton_variant(B, T, N, device)
     if variant == "sequential":
@@ -532,6 +650,23 @@ def _plan(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of samples, got {chunk_size}.")
     return "chunked", min(chunk_size, T)
+
+
+def _check_order(N: int, variant: str) -> None:
+    """Refuse, before launch, an order whose blocks Triton cannot hold."""
+    BN = triton.next_power_of_2(N)
+    largest = tl.TRITON_MAX_TENSOR_NUMEL
+    if variant == "chunked" and BN * BN > largest:
+        raise ValueError(
+            f"the chunked Triton kernels hold an N x N transition matrix in one block, "
+            f"at most {largest} elements, so N can be at most {math.isqrt(largest)}, "
+            f"not {N}; use variant='sequential'."
+        )
+    if BN > largest:
+        raise ValueError(
+            f"torchlpc's Triton kernels hold the last N values in one block of at most "
+            f"{largest} elements, so N can be at most {largest}, not {N}."
+        )
 
 
 def _on_device_of_first_argument(launcher):
@@ -552,9 +687,14 @@ def _on_device_of_first_argument(launcher):
 def _check_dtype(x: Tensor) -> None:
     if x.dtype not in _SUPPORTED_DTYPES:
         raise NotImplementedError(
-            f"torchlpc's Triton kernels support float32 and float64, not {x.dtype}: "
-            "Triton has no complex type."
+            f"torchlpc's Triton kernels support float32 and float64, not {x.dtype}"
+            f"{_why_not(x.dtype)}."
         )
+
+
+def _refines(data: Tensor, C: int) -> bool:
+    """Whether the chunked variant refines its scan: several chunks, states no wider than data."""
+    return data.dtype == torch.float64 and C > 1
 
 
 def _meta(A: Tensor) -> dict:
@@ -599,8 +739,9 @@ def allpole(
     variant, L = _plan(B, T, N, x.device, variant, chunk_size)
     meta = _meta(A)
     time_invariant = A.shape[1] == 1
+    flags = dict(TIME_INVARIANT=time_invariant, STORE_FINAL_STATE=False)
     if variant == "sequential":
-        allpole_fwd_kernel[(B,)](x, A, zi, y, T, T, TIME_INVARIANT=time_invariant, **meta)
+        allpole_fwd_kernel[(B,)](x, A, zi, y, None, T, T, **flags, **meta)
         return y
     C = triton.cdiv(T, L)
     u = x.new_empty(B, C, N, dtype=torch.float64)
@@ -611,7 +752,13 @@ def allpole(
         x, A, u, M, T, L, TIME_INVARIANT=time_invariant, **wide
     )
     allpole_fwd_kernel_scan[(B,)](zi, u, M, h0, T, L, **wide)
-    allpole_fwd_kernel[(B * C,)](x, A, h0, y, T, L, TIME_INVARIANT=time_invariant, **meta)
+    if _refines(x, C):
+        ht = x.new_empty(B, C, N, dtype=torch.float64)
+        allpole_fwd_kernel[(B * C,)](
+            x, A, h0, y, ht, T, L, **dict(flags, STORE_FINAL_STATE=True), **meta
+        )
+        allpole_fwd_kernel_refine[(B,)](M, h0, ht, T, L, **wide)
+    allpole_fwd_kernel[(B * C,)](x, A, h0, y, None, T, L, **flags, **meta)
     return y
 
 
@@ -658,10 +805,10 @@ def allpole_vjp(
     else:
         grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
     meta = _meta(A)
-    flags = dict(TIME_INVARIANT=time_invariant, NEED_A=need_A)
+    flags = dict(TIME_INVARIANT=time_invariant, NEED_A=need_A, STORE_FINAL_STATE=False)
     if variant == "sequential":
         allpole_bwd_kernel[(B,)](
-            grad_y, A, y, zi, None, grad_x, grad_A, grad_zi, T, T,
+            grad_y, A, y, zi, None, grad_x, grad_A, grad_zi, None, T, T,
             USE_INITIAL_STATE=False, **flags, **meta,
         )
     else:
@@ -673,8 +820,16 @@ def allpole_vjp(
             grad_y, A, u, M, T, L, TIME_INVARIANT=time_invariant, **wide
         )
         allpole_bwd_kernel_scan[(B,)](u, M, h0, T, L, **wide)
+        if _refines(grad_y, C):
+            ht = grad_y.new_empty(B, C, N, dtype=torch.float64)
+            allpole_bwd_kernel[(B * C,)](
+                grad_y, A, y, zi, h0, grad_x, grad_A, grad_zi, ht, T, L,
+                USE_INITIAL_STATE=True, **dict(flags, NEED_A=False, STORE_FINAL_STATE=True),
+                **meta,
+            )
+            allpole_bwd_kernel_refine[(B,)](M, h0, ht, T, L, **wide)
         allpole_bwd_kernel[(B * C,)](
-            grad_y, A, y, zi, h0, grad_x, grad_A, grad_zi, T, L,
+            grad_y, A, y, zi, h0, grad_x, grad_A, grad_zi, None, T, L,
             USE_INITIAL_STATE=True, **flags, **meta,
         )
     if need_A and time_invariant:
