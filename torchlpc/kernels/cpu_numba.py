@@ -125,10 +125,11 @@ def _fwd_order1(x, a, stride, sign, y):
 
 @_kernel
 def _fwd_order2(x, a, stride, y):
+    s = _u(stride)
     y1, y2 = y[1], y[0]
-    for t in range(2, x.shape[0]):
-        r = t * stride
-        value = (x[t] - a[r + 1] * y2) - a[r] * y1
+    for t in range(_u(2), _u(x.shape[0])):
+        r = t * s
+        value = (x[t] - a[r + _u(1)] * y2) - a[r] * y1
         y[t] = value
         y2, y1 = y1, value
 
@@ -181,12 +182,13 @@ def _fwd_order2_invariant(x, a, y):
 def _fwd_short(x, a, stride, N, y):
     """3 <= N < 8: the two newest outputs in registers, the older ones read from y."""
     y1, y2 = y[N - 1], y[N - 2]
-    for t in range(N, x.shape[0]):
-        r = t * stride
+    s, n = _u(stride), _u(N)
+    for t in range(n, _u(x.shape[0])):
+        r = t * s
         acc = x[t]
-        for i in range(3, N + 1):
-            acc -= a[r + i - 1] * y[t - i]
-        value = (acc - a[r + 1] * y2) - a[r] * y1
+        for i in range(_u(3), n + _u(1)):
+            acc -= a[r + i - _u(1)] * y[t - i]
+        value = (acc - a[r + _u(1)] * y2) - a[r] * y1
         y[t] = value
         y2, y1 = y1, value
 
@@ -196,12 +198,15 @@ def _fwd_long(x, a, stride, N, y):
     """N >= 8: the eight newest outputs in registers, the older ones a vector dot product."""
     y1, y2, y3, y4 = y[N - 1], y[N - 2], y[N - 3], y[N - 4]
     y5, y6, y7, y8 = y[N - 5], y[N - 6], y[N - 7], y[N - 8]
-    for t in range(N, x.shape[0]):
-        r = t * stride
-        older = dot_reversed(a, r + 8, y, t - 9, N - 8)
-        acc = (x[t] - older) - ((a[r + 7] * y8 + a[r + 6] * y7) + (a[r + 5] * y6 + a[r + 4] * y5))
-        acc = acc - (a[r + 3] * y4 + a[r + 2] * y3)
-        value = (acc - a[r + 1] * y2) - a[r] * y1
+    s = _u(stride)
+    for t in range(_u(N), _u(x.shape[0])):
+        r = t * s
+        older = dot_reversed(a, r + _u(8), y, t - _u(9), N - 8)
+        acc = (x[t] - older) - (
+            (a[r + _u(7)] * y8 + a[r + _u(6)] * y7) + (a[r + _u(5)] * y6 + a[r + _u(4)] * y5)
+        )
+        acc = acc - (a[r + _u(3)] * y4 + a[r + _u(2)] * y3)
+        value = (acc - a[r + _u(1)] * y2) - a[r] * y1
         y[t] = value
         y8, y7, y6, y5, y4, y3, y2, y1 = y7, y6, y5, y4, y3, y2, y1, value
 
@@ -316,26 +321,30 @@ def _bwd_order1(grad_y, a, sign, y, zi, grad_x, grad_a, need_a):
 @_kernel
 def _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, high, low):
     g1, g2 = grad_x[high + 1], grad_x[high + 2]
-    for t in range(high, low - 1, -1):
-        g = (grad_y[t] - np.conj(a[2 * (t + 2) + 1]) * g2) - np.conj(a[2 * (t + 1)]) * g1
+    one, two = _u(1), _u(2)
+    for j in range(_u(high - low + 1)):
+        t = _u(high) - j
+        g = (grad_y[t] - np.conj(a[two * t + _u(5)]) * g2) - np.conj(a[two * t + two]) * g1
         grad_x[t] = g
         if need_A:
-            grad_A[2 * t] = -g * np.conj(y[t - 1])
-            grad_A[2 * t + 1] = -g * np.conj(y[t - 2])
+            grad_A[two * t] = -g * np.conj(y[t - one])
+            grad_A[two * t + one] = -g * np.conj(y[t - two])
         g2, g1 = g1, g
 
 
 @_kernel
 def _bwd_short(grad_y, a, N, y, grad_x, grad_A, need_A, high, low):
     g1, g2 = grad_x[high + 1], grad_x[high + 2]
-    for t in range(high, low - 1, -1):
+    n, one = _u(N), _u(1)
+    for j in range(_u(high - low + 1)):
+        t = _u(high) - j
         acc = grad_y[t]
-        for i in range(3, N + 1):
-            acc -= np.conj(a[(t + i) * N + i - 1]) * grad_x[t + i]
-        g = (acc - np.conj(a[(t + 2) * N + 1]) * g2) - np.conj(a[(t + 1) * N]) * g1
+        for i in range(_u(3), n + one):
+            acc -= np.conj(a[(t + i) * n + i - one]) * grad_x[t + i]
+        g = (acc - np.conj(a[(t + _u(2)) * n + one]) * g2) - np.conj(a[(t + one) * n]) * g1
         grad_x[t] = g
         if need_A:
-            set_neg_scaled_conj_reversed(grad_A, t * N, y, t - 1, g, N)
+            set_neg_scaled_conj_reversed(grad_A, t * n, y, t - one, g, N)
         g2, g1 = g1, g
 
 
@@ -383,21 +392,22 @@ def _bwd_scatter(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
         grad_zi[k] = 0
     p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = grad_y.dtype.type(0)
     high = T - 1
-    for s in range(high, N - 1, -1):
-        r = s * N
+    for j in range(_u(max(T - N, 0))):
+        s = _u(high) - j
+        r = s * _u(N)
         g = grad_x[s] + p0
         p0 = p1 - np.conj(a[r]) * g
-        p1 = p2 - np.conj(a[r + 1]) * g
-        p2 = p3 - np.conj(a[r + 2]) * g
-        p3 = p4 - np.conj(a[r + 3]) * g
-        p4 = p5 - np.conj(a[r + 4]) * g
-        p5 = p6 - np.conj(a[r + 5]) * g
-        p6 = p7 - np.conj(a[r + 6]) * g
-        p7 = -np.conj(a[r + 7]) * g
-        sub_conj_scaled_reversed(grad_x, s - 9, a, r + 8, g, N - 8)
+        p1 = p2 - np.conj(a[r + _u(1)]) * g
+        p2 = p3 - np.conj(a[r + _u(2)]) * g
+        p3 = p4 - np.conj(a[r + _u(3)]) * g
+        p4 = p5 - np.conj(a[r + _u(4)]) * g
+        p5 = p6 - np.conj(a[r + _u(5)]) * g
+        p6 = p7 - np.conj(a[r + _u(6)]) * g
+        p7 = -np.conj(a[r + _u(7)]) * g
+        sub_conj_scaled_reversed(grad_x, s - _u(9), a, r + _u(8), g, N - 8)
         grad_x[s] = g
         if need_A:
-            set_neg_scaled_conj_reversed(grad_A, r, y, s - 1, g, N)
+            set_neg_scaled_conj_reversed(grad_A, r, y, s - _u(1), g, N)
     high = min(high, N - 1)
     # The registers owe grad_x[high - j]; then the first N steps, which reach zi.
     owed = (p0, p1, p2, p3, p4, p5, p6, p7)
