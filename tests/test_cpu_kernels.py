@@ -115,3 +115,35 @@ def test_linear_recurrence_kernels_match_reference(T, dtype):
         strict=True,
     ):
         assert_close(got, expected, dtype, name)
+
+
+# A time-invariant sequence alone (batch below the thread count) is split over
+# the threads: segments from a zero state, then each corrected by its response
+# to its true starting state. Forced here on short sequences: several segments,
+# a partial last one, orders up to the largest that is split.
+SPLIT_CASES = [
+    pytest.param(N, T, id=f"N{N}-T{T}")
+    for N, T in [(1, 3000), (2, 3000), (2, 1537), (3, 2049), (8, 4000), (20, 3333), (32, 5000)]
+]
+
+
+@pytest.fixture
+def split_over_time(monkeypatch):
+    monkeypatch.setattr(cpu_numba, "_SPLIT_MIN_STEPS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("N, T", SPLIT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_time_invariant_split_over_threads_matches_reference(split_over_time, N, T, dtype):
+    assert cpu_numba._split_over_time(1, T, N)
+    conditioning = {"k_high": HIGH_ORDER_REFLECTION} if N > 8 else {}
+    x, A, zi = filter_inputs((1,), T, N, dtype=dtype, seed=N + T, varying=False, **conditioning)
+    grad_y, grad_zf = upstream_gradients(x, N, dtype, N + T + 1)
+    got = library_results(x, A, zi, grad_y, grad_zf)
+    expected = reference_results(x, A, zi, grad_y, grad_zf)
+    for name, g, e in zip(NAMES, got, expected, strict=True):
+        assert_close(g, e, dtype, name)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+from functools import partial
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -437,19 +438,23 @@ def _bwd_scatter(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
 def _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
     T = grad_y.shape[0]
     N = zi.shape[0]
-    for t in range(T):
-        grad_x[t] = grad_y[T - 1 - t]
+    _reverse_into(grad_y, grad_x, 0, T)
     _fwd(grad_x, np.conj(a), 0, np.zeros_like(zi), grad_x)
-    for t in range(T // 2):
-        grad_x[t], grad_x[T - 1 - t] = grad_x[T - 1 - t], grad_x[t]
+    _reverse_in_place(grad_x, 0, T // 2)
     if need_A:
-        for low in range(N, T, _BLOCK):
-            _ti_grad_sums(grad_x, y, low, min(low + _BLOCK, T) - 1, grad_a)
-        for t in range(min(N, T)):
-            for i in range(1, N + 1):
-                past = y[t - i] if i <= t else zi[i - t - 1]
-                grad_a[i - 1] -= grad_x[t] * np.conj(past)
+        _ti_grad_range(grad_x, y, 0, T, grad_a)
+        _invariant_head_grad(grad_x, y, zi, grad_a)
     _grad_zi(a, 0, grad_x, grad_zi)
+
+
+@_kernel
+def _ti_grad_range(grad_x, y, lo, hi, grad_a):
+    """_ti_grad_sums over the steps of [lo, hi) from N on, block by block."""
+    low = max(lo, grad_a.shape[0])
+    while low < hi:
+        high = min(low + _BLOCK, hi)
+        _ti_grad_sums(grad_x, y, low, high - 1, grad_a)
+        low = high
 
 
 @_kernel
@@ -568,6 +573,187 @@ def run_over_batch(kernel, work: int, *arguments) -> None:
 
 
 # ---------------------------------------------------------------------------
+# One time-invariant sequence over several threads. A batch smaller than the
+# thread count leaves threads idle, and a long time-invariant sequence can use
+# them: cut it into segments, run every segment from a zero state at once
+# (phase A), carry the true state across the segment boundaries, a few
+# operations per segment (phase B), and add to every segment but the first its
+# response to its true starting state (phase C): N multiply-adds per sample
+# from responses to unit states that are computed once, as the filter does not
+# change. The blocked scans' idea, one level up. (A first-order time-varying
+# sequence would need those responses per sample: a second pass as costly as
+# the first, bound by the same memory traffic. Measured, it gained nothing.)
+
+
+@_kernel
+def _invariant_block_response(a, K):
+    """For the filter with coefficients a (N,), N <= K: the response over K steps to
+    each unit state, gains (N, K), and the state transition over K steps, M (N, N),
+    states most recent first."""
+    N = a.shape[0]
+    gains = np.zeros((N, K), dtype=a.dtype)
+    zero = a.dtype.type(0)
+    history = np.zeros(N + K, dtype=a.dtype)
+    for k in range(N):
+        history[:] = zero
+        history[N - 1 - k] = 1
+        for j in range(K):
+            acc = zero
+            for i in range(1, N + 1):
+                acc -= a[i - 1] * history[N + j - i]
+            history[N + j] = acc
+            gains[k, j] = acc
+    M = np.empty((N, N), dtype=a.dtype)
+    for i in range(N):
+        for k in range(N):
+            M[i, k] = gains[k, K - 1 - i]
+    return gains, M
+
+
+@_kernel
+def _propagate(M, state, blocks):
+    """M^blocks state."""
+    N = state.shape[0]
+    current = state.copy()
+    following = np.empty_like(current)
+    for _ in range(blocks):
+        for i in range(N):
+            acc = current.dtype.type(0)
+            for k in range(N):
+                acc += M[i, k] * current[k]
+            following[i] = acc
+        current, following = following, current
+    return current
+
+
+@_kernel
+def _invariant_add_state(gains, M, state, y):
+    """y[t] += the response of the time-invariant filter to the state ``state``
+    (most recent first) before y[0], block by block of gains.shape[1] steps."""
+    N, K = gains.shape
+    T = y.shape[0]
+    current = state.copy()
+    following = np.empty_like(current)
+    for start in range(0, T, K):
+        block = y[start : min(start + K, T)]
+        for k in range(N):
+            response = gains[k]
+            weight = current[k]
+            for j in range(_u(block.shape[0])):
+                block[j] += response[j] * weight
+        for i in range(N):
+            acc = current.dtype.type(0)
+            for k in range(N):
+                acc += M[i, k] * current[k]
+            following[i] = acc
+        current, following = following, current
+
+
+@_kernel
+def _reverse_into(source, target, lo, hi):
+    last = _u(source.shape[0] - 1)
+    for t in range(_u(lo), _u(hi)):
+        target[t] = source[last - t]
+
+
+@_kernel
+def _reverse_in_place(values, lo, hi):
+    """Swap values[t] and values[T-1-t] for t in [lo, hi), hi <= T // 2."""
+    last = _u(values.shape[0] - 1)
+    for t in range(_u(lo), _u(hi)):
+        values[t], values[last - t] = values[last - t], values[t]
+
+
+# Steps per block of the time-invariant second pass: its responses to the unit
+# states and its transition matrix are computed once per call.
+_CORRECTION_BLOCK = 256
+# Sequences shorter than this stay on one thread: below it the extra pass and
+# the hand-offs cost more than the threads give back.
+_SPLIT_MIN_STEPS = 1 << 15
+
+
+def _segments(T: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges covering [0, T); every one but the last a multiple of align."""
+    length = max(align, -(-T // parts) // align * align)
+    bounds = list(range(0, T, length)) + [T]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _run_tasks(tasks) -> None:
+    """Run the callables on the pool and the calling thread; return when all are done."""
+    counter = itertools.count()
+    threads = min(len(tasks), torch.get_num_threads())
+
+    def drain() -> None:
+        for index in iter(counter.__next__, None):
+            if index >= len(tasks):
+                return
+            tasks[index]()
+
+    helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)] if threads > 1 else []
+    drain()
+    for helper in helpers:
+        if not helper.cancel():
+            helper.result()
+
+
+def _split_parts() -> int:
+    return 2 * torch.get_num_threads()
+
+
+def _invariant_fwd_over_time(x, a, zi, y) -> None:
+    """One time-invariant sequence, a (N,), over the threads; x and y may be one array."""
+    T, N = x.shape[0], a.shape[0]
+    align = _CORRECTION_BLOCK * -(-N // _CORRECTION_BLOCK)
+    segments = _segments(T, _split_parts(), align)
+    zeros = np.zeros_like(zi)
+    _run_tasks([
+        partial(_fwd, x[lo:hi], a, 0, zi if lo == 0 else zeros, y[lo:hi]) for lo, hi in segments
+    ])
+    if len(segments) == 1:
+        return
+    gains, M = _invariant_block_response(a, _CORRECTION_BLOCK)
+    # The true state at each segment's start, most recent output first.
+    starts = [y[segments[0][1] - 1 :: -1][:N].copy()]
+    for lo, hi in segments[1:-1]:
+        zero_state_end = y[hi - 1 : hi - 1 - N : -1]
+        starts.append(zero_state_end + _propagate(M, starts[-1], (hi - lo) // _CORRECTION_BLOCK))
+    _run_tasks([
+        partial(_invariant_add_state, gains, M, state, y[lo:hi])
+        for (lo, hi), state in zip(segments[1:], starts)
+    ])
+
+
+def _invariant_vjp_over_time(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A) -> None:
+    """_bwd_invariant of one sequence over the threads."""
+    T, N = grad_y.shape[0], a.shape[0]
+    pieces = _segments(T, _split_parts(), 1)
+    _run_tasks([partial(_reverse_into, grad_y, grad_x, lo, hi) for lo, hi in pieces])
+    _invariant_fwd_over_time(grad_x, np.conj(a), np.zeros_like(zi), grad_x)
+    halves = _segments(T // 2, _split_parts(), 1) if T >= 2 else []
+    _run_tasks([partial(_reverse_in_place, grad_x, lo, hi) for lo, hi in halves])
+    if need_A:
+        sums = [np.zeros_like(grad_a) for _ in pieces]
+
+        _run_tasks([
+            partial(_ti_grad_range, grad_x, y, lo, hi, sums[k]) for k, (lo, hi) in enumerate(pieces)
+        ])
+        for partial_sum in sums:
+            grad_a += partial_sum
+        _invariant_head_grad(grad_x, y, zi, grad_a)
+    _grad_zi(a, 0, grad_x, grad_zi)
+
+
+@_kernel
+def _invariant_head_grad(grad_x, y, zi, grad_a):
+    N = zi.shape[0]
+    for t in range(min(N, grad_x.shape[0])):
+        for i in range(1, N + 1):
+            past = y[t - i] if i <= t else zi[i - t - 1]
+            grad_a[i - 1] -= grad_x[t] * np.conj(past)
+
+
+# ---------------------------------------------------------------------------
 # The ops' CPU kernels: tensors in, tensors out.
 
 
@@ -616,12 +802,29 @@ _NUMPY_DTYPES = {
 }
 
 
+# Orders up to which a time-invariant sequence is split over threads: the
+# second pass costs N multiply-adds per sample.
+_SPLIT_MAX_INVARIANT_ORDER = 32
+
+
+def _split_over_time(B: int, T: int, N: int) -> bool:
+    """Whether each time-invariant sequence runs over the threads rather than one
+    thread a sequence. (First-order time-varying sequences gain nothing from it
+    here: they are bound by memory traffic, which the second pass adds to.)"""
+    return B < torch.get_num_threads() and T >= _SPLIT_MIN_STEPS and N <= _SPLIT_MAX_INVARIANT_ORDER
+
+
 def allpole(x: torch.Tensor, A: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
     y = _advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format))
-    if x.numel():
-        run_over_batch(
-            allpole_fwd_kernel, x.numel() * A.shape[-1], _array(x), _array(A), _array(zi), y.numpy()
-        )
+    (B, T), N = x.shape, A.shape[-1]
+    if x.numel() == 0:
+        return y
+    x_, A_, zi_, y_ = _array(x), _array(A), _array(zi), y.numpy()
+    if A.shape[1] == 1 and _split_over_time(B, T, N):
+        for b in range(B):
+            _invariant_fwd_over_time(x_[b], A_[b, 0], zi_[b], y_[b])
+        return y
+    run_over_batch(allpole_fwd_kernel, x.numel() * N, x_, A_, zi_, y_)
     return y
 
 
@@ -644,9 +847,18 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     elif need_A:
         grad_A = _advise_huge_pages(torch.empty_like(A, memory_format=torch.contiguous_format))
         grad_A_rows = grad_A.numpy()
+    T = grad_y.shape[1]
     if grad_y.numel() == 0:
         # No time step reaches the state.
         grad_zi.zero_()
+    elif time_invariant and _split_over_time(B, T, N):
+        arrays = _array(grad_y), _array(A), _array(y), _array(zi), grad_x.numpy(), grad_zi.numpy()
+        grad_y_, A_, y_, zi_, grad_x_, grad_zi_ = arrays
+        for b in range(B):
+            grad_a = grad_a_sums[b] if need_A else grad_a_sums[:0]
+            _invariant_vjp_over_time(
+                grad_y_[b], A_[b, 0], y_[b], zi_[b], grad_x_[b], grad_a, grad_zi_[b], need_A
+            )
     else:
         run_over_batch(
             allpole_vjp_kernel, grad_y.numel() * N,
@@ -662,8 +874,9 @@ def linear_recurrence(a: torch.Tensor, x: torch.Tensor, zi: torch.Tensor) -> tor
     """``y[t] = a[t] y[t-1] + x[t]`` for a, x (B, T) and zi (B,), the pole taken as it
     is: the allpole op would need A = -a, a negated copy of it."""
     y = _advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format))
-    if x.numel():
-        run_over_batch(linear_recurrence_kernel, x.numel(), _array(a), _array(x), _array(zi), y.numpy())
+    if x.numel() == 0:
+        return y
+    run_over_batch(linear_recurrence_kernel, x.numel(), _array(a), _array(x), _array(zi), y.numpy())
     return y
 
 
