@@ -136,6 +136,20 @@ def _fwd_order2(x, a, stride, y):
 
 
 @_kernel
+def _fwd_order2_pair(x, a, y, u, b, v, stride):
+    """_fwd_order2 of two sequences at once (x, a -> y and u, b -> v): the step is
+    one multiply-add's latency long, and two independent ones fill it."""
+    s = _u(stride)
+    y1, y2, v1, v2 = y[1], y[0], v[1], v[0]
+    for t in range(_u(2), _u(x.shape[0])):
+        r = t * s
+        first = (x[t] - a[r + _u(1)] * y2) - a[r] * y1
+        second = (u[t] - b[r + _u(1)] * v2) - b[r] * v1
+        y[t], v[t] = first, second
+        y2, y1, v2, v1 = y1, first, v1, second
+
+
+@_kernel
 def _fwd_order2_invariant(x, a, y):
     """Time-invariant order 2 from t >= 2 (y[0], y[1] are set), as a blocked scan."""
     T = _u(x.shape[0])
@@ -320,6 +334,19 @@ def _bwd_order1(grad_y, a, sign, y, zi, grad_x, grad_a, need_a):
 
 
 @_kernel
+def _grad_A_order2(grad_x, y, grad_A, high, low):
+    """grad_A[t] = -grad_x[t] conj(y[t-1], y[t-2]) for t = low .. high (>= 2): for two
+    sequences at once, a pass of its own, which vectorises, rather than four scalar
+    stores in every step of the recursion."""
+    two = _u(2)
+    for j in range(_u(high - low + 1)):
+        t = _u(low) + j
+        g = grad_x[t]
+        grad_A[two * t] = -g * np.conj(y[t - _u(1)])
+        grad_A[two * t + _u(1)] = -g * np.conj(y[t - two])
+
+
+@_kernel
 def _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, high, low):
     g1, g2 = grad_x[high + 1], grad_x[high + 2]
     one, two = _u(1), _u(2)
@@ -327,6 +354,7 @@ def _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, high, low):
         t = _u(high) - j
         g = (grad_y[t] - np.conj(a[two * t + _u(5)]) * g2) - np.conj(a[two * t + two]) * g1
         grad_x[t] = g
+        # One sequence waits a multiply-add per step; the stores fit in that.
         if need_A:
             grad_A[two * t] = -g * np.conj(y[t - one])
             grad_A[two * t + one] = -g * np.conj(y[t - two])
@@ -350,24 +378,58 @@ def _bwd_short(grad_y, a, N, y, grad_x, grad_A, need_A, high, low):
 
 
 @_kernel
-def _bwd_gather(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
-    """2 <= N < 8. The steps with t + N <= T - 1 and t >= N run unchecked."""
+def _bwd_gather_last_steps(grad_y, a, y, zi, grad_x, grad_A, need_A):
+    """The last N steps of the gather form, whose lags run past T - 1; returns the
+    next step, the first of the interior (t + N <= T - 1)."""
     T = grad_y.shape[0]
-    N = zi.shape[0]
     t = T - 1
-    while t > T - 1 - N and t >= 0:
+    while t > T - 1 - zi.shape[0] and t >= 0:
         _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t)
         t -= 1
+    return t
+
+
+@_kernel
+def _bwd_gather_first_steps(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, t):
+    """Steps t .. 0, which reach zi, then grad_zi."""
+    while t >= 0:
+        _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t)
+        t -= 1
+    _grad_zi(a, zi.shape[0], grad_x, grad_zi)
+
+
+@_kernel
+def _bwd_gather(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
+    """2 <= N < 8. The steps with t + N <= T - 1 and t >= N run unchecked."""
+    N = zi.shape[0]
+    t = _bwd_gather_last_steps(grad_y, a, y, zi, grad_x, grad_A, need_A)
     if t >= N:
         if N == 2:
             _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, t, N)
         else:
             _bwd_short(grad_y, a, N, y, grad_x, grad_A, need_A, t, N)
         t = N - 1
-    while t >= 0:
-        _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t)
-        t -= 1
-    _grad_zi(a, N, grad_x, grad_zi)
+    _bwd_gather_first_steps(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, t)
+
+
+@_kernel
+def _bwd_order2_pair(grad_y, a, y, grad_x, grad_A, grad_v, b, v, grad_u, grad_B, need_A, high, low):
+    """_bwd_order2 of two sequences at once (see _fwd_order2_pair)."""
+    two = _u(2)
+    while high >= low:
+        stop = max(low, high - _BLOCK + 1)
+        g1, g2 = grad_x[high + 1], grad_x[high + 2]
+        h1, h2 = grad_u[high + 1], grad_u[high + 2]
+        for j in range(_u(high - stop + 1)):
+            t = _u(high) - j
+            g = (grad_y[t] - np.conj(a[two * t + _u(5)]) * g2) - np.conj(a[two * t + two]) * g1
+            h = (grad_v[t] - np.conj(b[two * t + _u(5)]) * h2) - np.conj(b[two * t + two]) * h1
+            grad_x[t], grad_u[t] = g, h
+            g2, g1, h2, h1 = g1, g, h1, h
+        if need_A:
+            _grad_A_order2(grad_x, y, grad_A, high, stop)
+            _grad_A_order2(grad_u, v, grad_B, high, stop)
+        high = stop - 1
 
 
 @_kernel
@@ -488,8 +550,23 @@ def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
 
 
 @_kernel
+def _pairs(x, A):
+    """Rows taken two at a time (time-varying order 2, past its first steps), or 0."""
+    if A.shape[2] == 2 and A.shape[1] > 1 and x.shape[1] > 2:
+        return x.shape[0] // 2
+    return 0
+
+
+@_kernel
 def allpole_fwd_kernel(x, A, zi, y):
-    for b in range(x.shape[0]):
+    pairs = _pairs(x, A)
+    for p in range(pairs):
+        b, c = 2 * p, 2 * p + 1
+        first, second = A[b].reshape(A[b].size), A[c].reshape(A[c].size)
+        _fwd_head(x[b], first, 2, zi[b], y[b], 2)
+        _fwd_head(x[c], second, 2, zi[c], y[c], 2)
+        _fwd_order2_pair(x[b], first, y[b], x[c], second, y[c], 2)
+    for b in range(2 * pairs, x.shape[0]):
         _allpole_fwd_row(x[b], A[b], zi[b], y[b])
 
 
@@ -497,7 +574,22 @@ def allpole_fwd_kernel(x, A, zi, y):
 def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
     """grad_A (B, T, N) for time-varying A, grad_a (B, N) for time-invariant A;
     the other is an unused placeholder with the same number of rows."""
-    for b in range(grad_y.shape[0]):
+    pairs = _pairs(grad_y, A)
+    for p in range(pairs):
+        b, c = 2 * p, 2 * p + 1
+        a_b, a_c = A[b].reshape(A[b].size), A[c].reshape(A[c].size)
+        g_b, g_c = grad_A[b].reshape(grad_A[b].size), grad_A[c].reshape(grad_A[c].size)
+        t = _bwd_gather_last_steps(grad_y[b], a_b, y[b], zi[b], grad_x[b], g_b, need_A)
+        _bwd_gather_last_steps(grad_y[c], a_c, y[c], zi[c], grad_x[c], g_c, need_A)
+        if t >= 2:
+            _bwd_order2_pair(
+                grad_y[b], a_b, y[b], grad_x[b], g_b,
+                grad_y[c], a_c, y[c], grad_x[c], g_c, need_A, t, 2,
+            )
+            t = 1
+        _bwd_gather_first_steps(grad_y[b], a_b, y[b], zi[b], grad_x[b], g_b, grad_zi[b], need_A, t)
+        _bwd_gather_first_steps(grad_y[c], a_c, y[c], zi[c], grad_x[c], g_c, grad_zi[c], need_A, t)
+    for b in range(2 * pairs, grad_y.shape[0]):
         _allpole_vjp_row(
             grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_a[b], grad_zi[b], need_A
         )
@@ -554,7 +646,8 @@ def run_over_batch(kernel, work: int, *arguments) -> None:
     if threads <= 1:
         kernel(*arguments)
         return
-    pieces = min(batch, 4 * threads)
+    # Pieces of two rows or more, which the order-2 kernels take in pairs.
+    pieces = min(max(batch // 2, 1), 4 * threads)
     bounds = [batch * k // pieces for k in range(pieces + 1)]
     counter = itertools.count()
 
