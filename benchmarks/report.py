@@ -499,23 +499,27 @@ class Report:
             "the 0.7.2 numba path makes.",
         ]
 
+    plot_alt = "throughput per case"
+
+    def legend(self) -> str:
+        return (
+            f"Times are the {self.statistic} of the timed calls. "
+            "*vs X* columns: X's time over torchlpc's (above 1: torchlpc is faster). "
+            "*IQR*: interquartile range of torchlpc's timed calls over their median "
+            "(the machine's noise). *others' CPUs*: CPUs that processes outside the suite kept "
+            "busy, on average, while the case ran. *Msamples/s*: B·T / time. "
+            "*float64 / float32*: torchlpc's time against the same shape in float32."
+        )
+
     def render(self, source: str, plot: str | None) -> str:
         lines = self.header(source) + [""]
         lines += ["| implementation | what runs |", "|---|---|"]
         lines += [
             f"| {i} | {self.descriptions.get(i, '')} |" for i in self.data["implementations"]
         ]
-        lines += [
-            "",
-            f"Times are the {self.statistic} of the timed calls. "
-            f"*vs X* columns: X's time over torchlpc's (above 1: torchlpc is faster). "
-            "*IQR*: interquartile range of torchlpc's timed calls over their median "
-            "(the machine's noise). *others' CPUs*: CPUs that processes outside the suite kept "
-            "busy, on average, while the case ran. *Msamples/s*: B·T / time. "
-            "*float64 / float32*: torchlpc's time against the same shape in float32.",
-        ]
+        lines += ["", self.legend()]
         if plot:
-            lines += ["", f"![throughput per case]({plot})"]
+            lines += ["", f"![{self.plot_alt}]({plot})"]
         lines += [""] + self.targets()
         for group in GROUPS:
             cases = [c for c in self.data["cases"] if c["group"] == group]
@@ -550,6 +554,7 @@ class GpuReport(Report):
     footnote_prefix = "gpu-"
     descriptions = GPU_DESCRIPTIONS
     memory_resolution = 0  # the allocator's counters are exact
+    plot_alt = "GPU throughput per case"
 
     def device_name(self) -> str:
         return self.data.get("device", {}).get("name") or "unknown device"
@@ -748,38 +753,14 @@ class GpuReport(Report):
             "forward+backward call, `torch.cuda.max_memory_allocated()` after it.",
         ]
 
-    def render(self, source: str, plot: str | None) -> str:
-        lines = self.header(source) + [""]
-        lines += ["| implementation | what runs |", "|---|---|"]
-        lines += [
-            f"| {i} | {self.descriptions.get(i, '')} |" for i in self.data["implementations"]
-        ]
-        lines += [
-            "",
+    def legend(self) -> str:
+        return (
             f"Times are the {self.statistic} of the timed calls. "
             "*vs X* columns: X's time over torchlpc's (above 1: torchlpc is faster). "
             "*IQR*: interquartile range of torchlpc's timed calls over their median. "
             "*others' CPUs*: CPUs that processes outside the suite kept busy, on average, while "
-            "the case ran. *Msamples/s*: B·T / time.",
-        ]
-        if plot:
-            lines += ["", f"![GPU throughput per case]({plot})"]
-        lines += [""] + self.targets()
-        for group in GROUPS:
-            cases = [c for c in self.data["cases"] if c["group"] == group]
-            if not cases:
-                continue
-            lines += ["", f"{self.h2} {group[0].upper()}{group[1:]}"]
-            for mode in ("forward", "backward"):
-                if any(self.time(c, OURS, mode) is not None for c in cases):
-                    lines += ["", f"**{MODE_TITLES[mode]}**", ""] + self.mode_table(cases, mode)
-        memory = self.memory_table()
-        if memory:
-            lines += [""] + memory
-        lines += [""] + self.checks() + [""] + self.method()
-        if self.notes:
-            lines += [""] + self.footnotes()
-        return "\n".join(lines) + "\n"
+            "the case ran. *Msamples/s*: B·T / time."
+        )
 
 
 def plot_throughput(data: dict, path: Path, statistic: str = "median") -> str | None:

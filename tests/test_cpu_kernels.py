@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from conftest import DTYPES, assert_close, filter_inputs, make_generator, randn
-from test_filter import NAMES, library_results, reference_results, upstream_gradients
+from test_filter import check_against_reference
 from test_linear_recurrence import library as recurrence_library
 from test_linear_recurrence import make_inputs as recurrence_inputs
 from test_linear_recurrence import reference as recurrence_reference
@@ -58,15 +58,10 @@ KERNEL_CASES = [
 VARYING = [pytest.param(True, id="time-varying"), pytest.param(False, id="time-invariant")]
 
 
-def _check(N, T, varying, dtype, seed):
+def _check(N, T, varying, dtype, seed, batch=(2,)):
     conditioning = {"k_high": HIGH_ORDER_REFLECTION} if N > 8 else {}
-    x, A, zi = filter_inputs((2,), T, N, dtype=dtype, seed=seed, varying=varying, **conditioning)
-    grad_y, grad_zf = upstream_gradients(x, N, dtype, seed + 1)
-    got = library_results(x, A, zi, grad_y, grad_zf)
-    expected = reference_results(x, A, zi, grad_y, grad_zf)
-    for name, g, e in zip(NAMES, got, expected, strict=True):
-        assert g.shape == e.shape, f"{name}: shape {tuple(g.shape)}, expected {tuple(e.shape)}"
-        assert_close(g, e, dtype, name)
+    x, A, zi = filter_inputs(batch, T, N, dtype=dtype, seed=seed, varying=varying, **conditioning)
+    check_against_reference(x, A, zi, dtype, seed)
 
 
 @pytest.fixture(autouse=True)
@@ -140,10 +135,4 @@ def split_over_time(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_time_invariant_split_over_threads_matches_reference(split_over_time, N, T, dtype):
     assert cpu_numba._split_over_time(1, T, N)
-    conditioning = {"k_high": HIGH_ORDER_REFLECTION} if N > 8 else {}
-    x, A, zi = filter_inputs((1,), T, N, dtype=dtype, seed=N + T, varying=False, **conditioning)
-    grad_y, grad_zf = upstream_gradients(x, N, dtype, N + T + 1)
-    got = library_results(x, A, zi, grad_y, grad_zf)
-    expected = reference_results(x, A, zi, grad_y, grad_zf)
-    for name, g, e in zip(NAMES, got, expected, strict=True):
-        assert_close(g, e, dtype, name)
+    _check(N, T, False, dtype, seed=N + T, batch=(1,))

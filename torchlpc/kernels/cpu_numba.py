@@ -704,17 +704,22 @@ def _invariant_block_response(a, K):
 
 
 @_kernel
+def _transition(M, current, following):
+    """following = M current."""
+    for i in range(current.shape[0]):
+        acc = current.dtype.type(0)
+        for k in range(current.shape[0]):
+            acc += M[i, k] * current[k]
+        following[i] = acc
+
+
+@_kernel
 def _propagate(M, state, blocks):
     """M^blocks state."""
-    N = state.shape[0]
     current = state.copy()
     following = np.empty_like(current)
     for _ in range(blocks):
-        for i in range(N):
-            acc = current.dtype.type(0)
-            for k in range(N):
-                acc += M[i, k] * current[k]
-            following[i] = acc
+        _transition(M, current, following)
         current, following = following, current
     return current
 
@@ -734,11 +739,7 @@ def _invariant_add_state(gains, M, state, y):
             weight = current[k]
             for j in range(_u(block.shape[0])):
                 block[j] += response[j] * weight
-        for i in range(N):
-            acc = current.dtype.type(0)
-            for k in range(N):
-                acc += M[i, k] * current[k]
-            following[i] = acc
+        _transition(M, current, following)
         current, following = following, current
 
 
