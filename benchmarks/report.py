@@ -476,7 +476,11 @@ class Report:
             f"{settings['budget']} s per implementation), taken in {settings['rounds']} rounds "
             "with the implementations in rotating order, so that the machine's noise falls on "
             "all of them. Each timed call is measured on its own; forward+backward is one "
-            "forward and `y.backward(grad_y)` with x, A, zi requiring gradients.",
+            "forward and `y.backward(grad_y)` with x, A, zi requiring gradients. The outputs and "
+            "gradients of a call are freed before the next, as in a training loop: torchlpc's CPU "
+            "kernels then write into output memory they kept from the calls before (see "
+            "`torchlpc.empty_cpu_cache`), the peers into what PyTorch's allocator (glibc) gives "
+            "them.",
             "- Every core is one of our threads, so a single busy neighbour costs a 2-thread "
             "kernel whole scheduler ticks at each synchronisation. Before each case the runner "
             f"waits up to {settings.get('wait_quiet', 0):g} s for other processes to go idle, "
@@ -493,7 +497,9 @@ class Report:
             "its write; the better of a measurement before and one after the cases).",
             "- Peak memory: a separate worker per implementation, started with "
             "`MALLOC_MMAP_THRESHOLD_=65536` so that every large block is its own mapping and is "
-            "returned when freed; after two warm-up runs the peak resident set is reset through "
+            "returned when freed; after two warm-up runs (and `torchlpc.empty_cpu_cache()`, which "
+            "gives back the output memory that torchlpc's CPU kernels keep between calls, so that "
+            "the measured call makes every output afresh) the peak resident set is reset through "
             "`/proc/self/clear_refs` and read back (`VmHWM`) after one forward+backward. Unlike "
             "`torch.profiler`'s memory events, this also sees numpy and numba allocations, which "
             "the 0.7.2 numba path makes.",

@@ -171,6 +171,10 @@ class Implementation:
         """fn(*inputs) -> y, differentiable in every input for mode ``backward``."""
         raise NotImplementedError
 
+    def release_caches(self) -> None:
+        """Give back memory the library keeps between calls, so that a measured
+        call's peak counts every output it makes."""
+
 
 class Ours(Implementation):
     name = "torchlpc"
@@ -196,6 +200,13 @@ class Ours(Implementation):
         if case["op"] == "linear_recurrence":
             return self.torchlpc.linear_recurrence
         return self.torchlpc.sample_wise_lpc
+
+    def release_caches(self):
+        # The CPU kernels keep output memory between calls (revisions before it
+        # have no such function).
+        release = getattr(self.torchlpc, "empty_cpu_cache", None)
+        if release is not None:
+            release()
 
 
 def _expanded(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -573,6 +584,7 @@ class Session:
             self._call(case, tensors, fn, "backward", tensors["grad_y"])
         self._clear_grads(case, tensors)
         gc.collect()
+        self.impl.release_caches()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         baseline = _status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as handle:

@@ -4,8 +4,10 @@ Four things live here:
 
 * NaN-poisoning: for the whole session, ``torch.empty``, ``torch.empty_like`` and
   ``Tensor.new_empty`` hand out floating point and complex tensors filled with
-  NaN instead of whatever the allocator returned, so a kernel that leaves part of
-  its output unwritten fails loudly instead of passing on leftover zeros.
+  NaN instead of whatever the allocator returned, and so do the CPU kernels'
+  cache of output memory (whose reused memory holds old outputs), so a kernel
+  that leaves part of its output unwritten fails loudly instead of passing on
+  leftover values.
 * The ``backend`` fixture, which runs a test once per CPU backend by setting
   ``TORCHLPC_BACKEND`` (read on every call).
 * Random inputs: stable filter coefficients built from reflection coefficients,
@@ -24,12 +26,15 @@ import numpy as np
 import pytest
 import torch
 
+from torchlpc.kernels import _buffers
+
 # ----------------------------------------------------------------------------
 # NaN-poisoning of uninitialised memory.
 
 _ORIGINAL_EMPTY = torch.empty
 _ORIGINAL_EMPTY_LIKE = torch.empty_like
 _ORIGINAL_NEW_EMPTY = torch.Tensor.new_empty
+_ORIGINAL_NEW_OUTPUT = _buffers.new_output
 
 
 def _poison(tensor):
@@ -55,12 +60,17 @@ def _poisoned_new_empty(self, *args, **kwargs):
     return _poison(_ORIGINAL_NEW_EMPTY(self, *args, **kwargs))
 
 
+def _poisoned_new_output(*args, **kwargs):
+    return _poison(_ORIGINAL_NEW_OUTPUT(*args, **kwargs))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def poison_uninitialised_memory():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch, "empty", _poisoned_empty)
         patch.setattr(torch, "empty_like", _poisoned_empty_like)
         patch.setattr(torch.Tensor, "new_empty", _poisoned_new_empty)
+        patch.setattr(_buffers, "new_output", _poisoned_new_output)
         yield
     # Torch is shared with everything else in the process (plugins, atexit hooks).
     assert torch.empty is _ORIGINAL_EMPTY and torch.empty_like is _ORIGINAL_EMPTY_LIKE

@@ -11,7 +11,7 @@ from .coefficients import (
     sos_to_lpc,
 )
 from .filters import lfilter
-from .functional import linear_recurrence, sample_wise_lpc
+from .functional import empty_cpu_cache, linear_recurrence, sample_wise_lpc
 
 __all__ = [
     "sample_wise_lpc",
@@ -27,5 +27,6 @@ __all__ = [
     "lpc_analysis",
     "upsample_coefficients",
     "nn",
+    "empty_cpu_cache",
 ]
 __version__ = "0.8.0.dev0"

@@ -27,17 +27,16 @@ order of every sum is the one written here; NaN and Inf propagate.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
-from functools import partial
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numba
 import numpy as np
 import torch
 
+from ._buffers import output_like
 from ._simd import dot_conj, dot_reversed, set_neg_scaled_conj_reversed, sub_conj_scaled_reversed
 
 _kernel = numba.njit(cache=True, nogil=True, fastmath={"contract"})
@@ -649,20 +648,10 @@ def run_over_batch(kernel, work: int, *arguments) -> None:
     # Pieces of two rows or more, which the order-2 kernels take in pairs.
     pieces = min(max(batch // 2, 1), 4 * threads)
     bounds = [batch * k // pieces for k in range(pieces + 1)]
-    counter = itertools.count()
-
-    def drain() -> None:
-        for piece in iter(counter.__next__, None):
-            if piece >= pieces:
-                return
-            lo, hi = bounds[piece], bounds[piece + 1]
-            kernel(*(a[lo:hi] if isinstance(a, np.ndarray) else a for a in arguments))
-
-    helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)]
-    drain()
-    for helper in helpers:
-        if not helper.cancel():
-            helper.result()
+    _run_tasks([
+        partial(kernel, *(a[lo:hi] if isinstance(a, np.ndarray) else a for a in arguments))
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ])
 
 
 # ---------------------------------------------------------------------------
@@ -773,8 +762,13 @@ def _segments(T: int, parts: int, align: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run_tasks(tasks) -> None:
-    """Run the callables on the pool and the calling thread; return when all are done."""
+def _run_tasks(tasks: list) -> None:
+    """Run the callables on the pool and the calling thread; return when all are done.
+
+    Emptied on return: a helper cancelled before it started stays in the pool's
+    queue until a worker thread takes it, and through it the tasks and their
+    arrays, which would keep the outputs' memory from being reused (_buffers).
+    """
     counter = itertools.count()
     threads = min(len(tasks), torch.get_num_threads())
 
@@ -785,10 +779,13 @@ def _run_tasks(tasks) -> None:
             tasks[index]()
 
     helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)] if threads > 1 else []
-    drain()
-    for helper in helpers:
-        if not helper.cancel():
-            helper.result()
+    try:
+        drain()
+    finally:
+        for helper in helpers:
+            if not helper.cancel():
+                helper.result()
+        tasks.clear()
 
 
 def _split_parts() -> int:
@@ -860,34 +857,6 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-# Outputs at least this large come from a fresh mapping on every call (glibc
-# serves them by mmap, and a training loop frees them by the next call), and a
-# fault per 4 KiB page while the kernel writes them cost more than the kernel:
-# 22 ms of 30 for 90 MB here. Transparent huge pages, asked for before the first
-# write, fault once per 2 MiB (10 ms for the same 90 MB). Below this size glibc
-# reuses freed memory and the advice would only split its mappings.
-_HUGE_PAGE_MIN_BYTES = 32 << 20
-_HUGE_PAGE = 2 << 20
-_madvise = None
-
-
-def _advise_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
-    """Ask Linux for transparent huge pages under a large, not yet written tensor."""
-    global _madvise
-    size = tensor.numel() * tensor.element_size()
-    if size < _HUGE_PAGE_MIN_BYTES or not sys.platform.startswith("linux"):
-        return tensor
-    if _madvise is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        _madvise = libc.madvise
-        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    start = -(-tensor.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-    end = (tensor.data_ptr() + size) // _HUGE_PAGE * _HUGE_PAGE
-    if end > start:
-        _madvise(start, end - start, 14)  # MADV_HUGEPAGE; a refusal changes nothing
-    return tensor
-
-
 _NUMPY_DTYPES = {
     torch.float32: np.float32,
     torch.float64: np.float64,
@@ -909,7 +878,7 @@ def _split_over_time(B: int, T: int, N: int) -> bool:
 
 
 def allpole(x: torch.Tensor, A: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
-    y = _advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format))
+    y = output_like(x)
     (B, T), N = x.shape, A.shape[-1]
     if x.numel() == 0:
         return y
@@ -925,7 +894,7 @@ def allpole(x: torch.Tensor, A: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
 def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     B, N = zi.shape
     time_invariant = A.shape[1] == 1
-    grad_x = _advise_huge_pages(torch.empty_like(grad_y, memory_format=torch.contiguous_format))
+    grad_x = output_like(grad_y)
     grad_zi = torch.empty_like(zi, memory_format=torch.contiguous_format)
     grad_A = A.new_empty((0, 0, 0))
     # The kernel takes both a (B, T, N) grad_A for time-varying A and a (B, N) sum
@@ -939,7 +908,7 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
         grad_a_wide = torch.zeros(B, N, dtype=wide)
         grad_a_sums = grad_a_wide.numpy()
     elif need_A:
-        grad_A = _advise_huge_pages(torch.empty_like(A, memory_format=torch.contiguous_format))
+        grad_A = output_like(A)
         grad_A_rows = grad_A.numpy()
     T = grad_y.shape[1]
     if grad_y.numel() == 0:
@@ -967,7 +936,7 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
 def linear_recurrence(a: torch.Tensor, x: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
     """``y[t] = a[t] y[t-1] + x[t]`` for a, x (B, T) and zi (B,), the pole taken as it
     is: the allpole op would need A = -a, a negated copy of it."""
-    y = _advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format))
+    y = output_like(x)
     if x.numel() == 0:
         return y
     run_over_batch(linear_recurrence_kernel, x.numel(), _array(a), _array(x), _array(zi), y.numpy())
@@ -977,11 +946,11 @@ def linear_recurrence(a: torch.Tensor, x: torch.Tensor, zi: torch.Tensor) -> tor
 def linear_recurrence_vjp(grad_y, a, y, zi, need_a: bool):
     """Gradients of linear_recurrence for T >= 2: (grad_a or None, grad_x, grad_zi)."""
     B = grad_y.shape[0]
-    grad_x = _advise_huge_pages(torch.empty_like(grad_y, memory_format=torch.contiguous_format))
+    grad_x = output_like(grad_y)
     grad_zi = torch.empty_like(zi, memory_format=torch.contiguous_format)
     grad_a = None
     if need_a:
-        grad_a = _advise_huge_pages(torch.empty_like(a, memory_format=torch.contiguous_format))
+        grad_a = output_like(a)
     placeholder = np.empty((B, 0), dtype=_NUMPY_DTYPES[a.dtype])
     if grad_y.numel():
         run_over_batch(
