@@ -12,7 +12,10 @@ iteration of the dot product) and every boundary (T < N, T = N, T = N + 1,
 T just past 2N, T around whole groups of a blocked scan, T across one and two
 blocks) through the numba backend, time varying and time invariant, and
 compare y, zf and the gradients of x, A and zi with the reference loop run in
-double precision.
+double precision. Batches of first-order sequences go four at a time, skewed in
+time (``cpu_numba._fwd_order1_rows``): batches of 4 to 9 rows, lengths around
+the shortest that takes that path, and a call large enough to be split over
+threads.
 
 Tolerances: ``TOLERANCES`` of conftest.py, as everywhere. Above order 8 the
 reflection coefficients stay below ``HIGH_ORDER_REFLECTION`` in modulus:
@@ -136,3 +139,49 @@ def split_over_time(monkeypatch):
 def test_time_invariant_split_over_threads_matches_reference(split_over_time, N, T, dtype):
     assert cpu_numba._split_over_time(1, T, N)
     _check(N, T, False, dtype, seed=N + T, batch=(1,))
+
+
+# Time-varying order 1 (linear_recurrence, and sample_wise_lpc with N = 1) takes
+# rows four at a time once T > 4 _SKEW, row r r _SKEW steps behind row 0, with
+# ramps at both ends; the rows left over take the blocked scan.
+SKEW = cpu_numba._SKEW
+ROWS_CASES = [
+    pytest.param(batch, T, id=f"B{batch}-T{T}")
+    for batch, T in [(4, 4 * SKEW), (4, 4 * SKEW + 1), (5, 4 * SKEW + 2), (7, 333), (9, 8000)]
+]
+
+
+@pytest.mark.parametrize("batch, T", ROWS_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_order1_rows_together_match_reference(batch, T, dtype):
+    a, x, zi = recurrence_inputs((batch,), T, True, dtype, seed=batch * T)
+    grad_y = randn(batch, T, dtype=dtype, generator=make_generator(T))
+    for name, got, expected in zip(
+        ("y", "grad_a", "grad_x", "grad_zi"),
+        recurrence_library(a, x, zi, grad_y),
+        recurrence_reference(a, x, zi, grad_y),
+        strict=True,
+    ):
+        assert_close(got, expected, dtype, name)
+    x, A, zi = filter_inputs((batch,), T, 1, dtype=dtype, seed=batch + T)
+    check_against_reference(x, A, zi, dtype, seed=T)
+
+
+@pytest.mark.parametrize("op", ["linear_recurrence", "sample_wise_lpc"])
+def test_order1_rows_without_coefficient_gradient(op):
+    """Only x and zi need gradients: the kernels skip grad_a, and the rest holds."""
+    import torchlpc
+
+    batch, T, dtype = 6, 1000, torch.float64
+    a, x, zi = recurrence_inputs((batch,), T, True, dtype, seed=3)
+    grad_y = randn(batch, T, dtype=dtype, generator=make_generator(4))
+    expected = recurrence_reference(a, x, zi, grad_y)
+    x_, zi_ = x.clone().requires_grad_(), zi.clone().requires_grad_()
+    if op == "linear_recurrence":
+        y = torchlpc.linear_recurrence(a, x_, zi_)
+    else:
+        y = torchlpc.sample_wise_lpc(x_, -a[..., None], zi_[..., None])
+    grad_x, grad_zi = torch.autograd.grad(y, (x_, zi_), grad_y)
+    assert_close(y.detach(), expected[0], dtype, "y")
+    assert_close(grad_x, expected[2], dtype, "grad_x")
+    assert_close(grad_zi, expected[3], dtype, "grad_zi")

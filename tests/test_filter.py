@@ -555,12 +555,12 @@ def test_numba_drivers(monkeypatch, two_threads, B, T, N, driver, varying, dtype
     rows = {}
     original = cpu_numba.run_over_batch
 
-    def recording(kernel, work, *arguments):
+    def recording(kernel, work, *arguments, **options):
         def counted(*sliced):
             rows.setdefault(kernel.__name__, []).append(sliced[0].shape[0])
             return kernel(*sliced)
 
-        return original(counted, work, *arguments)
+        return original(counted, work, *arguments, **options)
 
     monkeypatch.setattr(cpu_numba, "run_over_batch", recording)
     if N > 16:

@@ -276,13 +276,13 @@ def test_step_up_follows_the_library_sign_convention(dtype):
     assert relative_error(torch.from_numpy(np.stack(poles(step_up(k[:, :1])))), -k[:, :1]) <= 1e-15
 
 
-def _write_nothing(*args):
+def _write_nothing(*args, **options):
     """A stand-in for the numba batch runner that leaves every output as it was allocated."""
 
 
 @pytest.mark.parametrize("varying", VARYING)
 def test_poisoning_reaches_the_numba_dispatch(monkeypatch, varying):
-    """The numba path allocates y, grad_x and grad_A with torch.empty_like; unwritten, they are NaN."""
+    """The numba path allocates y, grad_x and grad_A through kernels/_buffers.py; unwritten, they are NaN."""
     from torchlpc.kernels import cpu_numba
 
     monkeypatch.setenv("TORCHLPC_BACKEND", "numba")
