@@ -141,6 +141,23 @@ def test_time_invariant_split_over_threads_matches_reference(split_over_time, N,
     _check(N, T, False, dtype, seed=N + T, batch=(1,))
 
 
+@pytest.mark.parametrize("T", [1537, 3000])
+def test_time_invariant_split_without_coefficient_gradient(split_over_time, T):
+    """Only x and zi need gradients: the split backward skips the sums of grad_A."""
+    import torchlpc
+    from torchlpc import reference
+
+    dtype = torch.float64
+    x, A, zi = filter_inputs((1,), T, 2, dtype=dtype, seed=T, varying=False)
+    grad_y = randn(1, T, dtype=dtype, generator=make_generator(T + 1))
+    expected = reference.allpole_vjp_reference(grad_y, A, reference.allpole_reference(x, A, zi), zi)
+    x_, zi_ = x.clone().requires_grad_(), zi.clone().requires_grad_()
+    y = torchlpc.sample_wise_lpc(x_, A, zi_)
+    grad_x, grad_zi = torch.autograd.grad(y, (x_, zi_), grad_y)
+    assert_close(grad_x, expected[0], dtype, "grad_x")
+    assert_close(grad_zi, expected[2], dtype, "grad_zi")
+
+
 # Time-varying order 1 (linear_recurrence, and sample_wise_lpc with N = 1) takes
 # rows four at a time once T > 4 _SKEW, row r r _SKEW steps behind row 0, with
 # ramps at both ends; the rows left over take the blocked scan.

@@ -965,23 +965,39 @@ def _invariant_fwd_over_time(x, a, zi, y) -> None:
 
 
 def _invariant_vjp_over_time(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A) -> None:
-    """_bwd_invariant of one sequence over the threads."""
-    T, N = grad_y.shape[0], a.shape[0]
-    pieces = _segments(T, _split_parts(), 1)
-    _run_tasks([partial(_reverse_into, grad_y, grad_x, lo, hi) for lo, hi in pieces])
-    _invariant_fwd_over_time(grad_x, np.conj(a), np.zeros_like(zi), grad_x)
+    """_bwd_invariant of one sequence over the threads. The forward filter reads
+    grad_y through a reversed view (no reversed copy; only its scalar recursion
+    reads it), and the reversal of the result back into time order takes the
+    grad_a sums of each block pair while the pair is in the cache."""
+    T = grad_y.shape[0]
+    _invariant_fwd_over_time(grad_y[::-1], np.conj(a), np.zeros_like(zi), grad_x)
     halves = _segments(T // 2, _split_parts(), 1) if T >= 2 else []
-    _run_tasks([partial(_reverse_in_place, grad_x, lo, hi) for lo, hi in halves])
+    sums = [np.zeros_like(grad_a) for _ in halves]  # empty without need_A
+    _run_tasks([
+        partial(_reverse_with_grad, grad_x, y, lo, hi, sums[k]) for k, (lo, hi) in enumerate(halves)
+    ])
     if need_A:
-        sums = [np.zeros_like(grad_a) for _ in pieces]
-
-        _run_tasks([
-            partial(_ti_grad_range, grad_x, y, lo, hi, sums[k]) for k, (lo, hi) in enumerate(pieces)
-        ])
+        if T % 2:
+            _ti_grad_range(grad_x, y, T // 2, T // 2 + 1, grad_a)
         for partial_sum in sums:
             grad_a += partial_sum
         _invariant_head_grad(grad_x, y, zi, grad_a)
     _grad_zi(a, 0, grad_x, grad_zi)
+
+
+@_kernel
+def _reverse_with_grad(values, y, lo, hi, grad_a):
+    """_reverse_in_place over [lo, hi) a block at a time, and, unless grad_a is
+    empty, the _ti_grad_range of the two blocks just put in place."""
+    last = values.shape[0] - 1
+    start = lo
+    while start < hi:
+        end = min(start + _BLOCK, hi)
+        _reverse_in_place(values, start, end)
+        if grad_a.shape[0]:
+            _ti_grad_range(values, y, start, end, grad_a)
+            _ti_grad_range(values, y, last - end + 1, last - start + 1, grad_a)
+        start = end
 
 
 @_kernel
@@ -1072,9 +1088,10 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
         arrays = _array(grad_y), _array(A), _array(y), _array(zi), grad_x.numpy(), grad_zi.numpy()
         grad_y_, A_, y_, zi_, grad_x_, grad_zi_ = arrays
         for b in range(B):
-            grad_a = grad_a_sums[b] if need_A else grad_a_sums[:0]
+            # grad_a_sums is (B, N), or (B, 0) without need_A: a row either way.
             _invariant_vjp_over_time(
-                grad_y_[b], A_[b, 0], y_[b], zi_[b], grad_x_[b], grad_a, grad_zi_[b], need_A
+                grad_y_[b], A_[b, 0], y_[b], zi_[b], grad_x_[b], grad_a_sums[b], grad_zi_[b],
+                need_A,
             )
     else:
         run_over_batch(
