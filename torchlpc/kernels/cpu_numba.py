@@ -610,13 +610,15 @@ def _bwd_scatter(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
 
 @_kernel
 def _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+    """The forward filter with conj(a) backwards in time: grad_y read through a
+    reversed view, the result put back in time order a block pair at a time with
+    the pair's grad_a sums (grad_a is empty without need_A)."""
     T = grad_y.shape[0]
-    N = zi.shape[0]
-    _reverse_into(grad_y, grad_x, 0, T)
-    _fwd(grad_x, np.conj(a), 0, np.zeros_like(zi), grad_x)
-    _reverse_in_place(grad_x, 0, T // 2)
+    _fwd(grad_y[::-1], np.conj(a), 0, np.zeros_like(zi), grad_x)
+    _reverse_with_grad(grad_x, y, 0, T // 2, grad_a)
     if need_A:
-        _ti_grad_range(grad_x, y, 0, T, grad_a)
+        if T % 2:
+            _ti_grad_range(grad_x, y, T // 2, T // 2 + 1, grad_a)
         _invariant_head_grad(grad_x, y, zi, grad_a)
     _grad_zi(a, 0, grad_x, grad_zi)
 
@@ -879,13 +881,6 @@ def _invariant_add_state(gains, M, state, y):
                 block[j] += response[j] * weight
         _transition(M, current, following)
         current, following = following, current
-
-
-@_kernel
-def _reverse_into(source, target, lo, hi):
-    last = _u(source.shape[0] - 1)
-    for t in range(_u(lo), _u(hi)):
-        target[t] = source[last - t]
 
 
 @_kernel
