@@ -236,6 +236,7 @@ def _bwd_order1_rows(grad_y, a, minus, y, zi, grad_x, grad_a, grad_zi, need_a, b
             grad_a[r, 0] = -(first * np.conj(zi[r])) if minus else first * np.conj(zi[r])
         grad_zi[r] = -(np.conj(a[r, 0]) * first) if minus else np.conj(a[r, 0]) * first
 
+
 @_kernel
 def _fwd_order2(x, a, stride, y):
     s = _u(stride)
