@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import itertools
+import math
 import os
 import sys
 import threading
@@ -64,11 +65,6 @@ _kept_bytes = 0
 _use_count = torch._C._storage_Use_Count
 
 
-def limit_bytes() -> int:
-    """How many bytes of storage the cache may hold."""
-    return _limit
-
-
 def kept_bytes() -> int:
     """Bytes of storage the cache holds now, in use or not."""
     return _kept_bytes
@@ -96,10 +92,7 @@ def _drop_oldest(needed: int) -> None:
 def new_output(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised contiguous CPU tensor, from a kept storage when one is free."""
     global _kept_bytes
-    count = 1
-    for size in shape:
-        count *= size
-    nbytes = count * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or nbytes > _limit:
         return advise_huge_pages(torch.empty(shape, dtype=dtype))
     with _lock:

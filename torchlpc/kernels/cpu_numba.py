@@ -138,9 +138,10 @@ _SKEW = 32
 
 
 @_kernel
-def _order1_rows_apply(T):
-    """Whether sequences of length T go four at a time."""
-    return T > 4 * _SKEW
+def _order1_groups(x):
+    """How many groups of four of the rows of x (B, T) go together: none below
+    T = 4 _SKEW + 1."""
+    return x.shape[0] // _ROWS if x.shape[1] > 4 * _SKEW else 0
 
 
 @_kernel
@@ -675,8 +676,8 @@ def _pairs(x, A):
 @_kernel
 def _quads(x, A):
     """Rows taken four at a time (time-varying order 1), or 0."""
-    if A.shape[2] == 1 and A.shape[1] > 1 and _order1_rows_apply(x.shape[1]):
-        return x.shape[0] // _ROWS
+    if A.shape[2] == 1 and A.shape[1] > 1:
+        return _order1_groups(x)
     return 0
 
 
@@ -741,7 +742,7 @@ def linear_recurrence_kernel(a, x, zi, y):
     """y[b, t] = a[b, t] y[b, t-1] + x[b, t] from y[b, -1] = zi[b]; T >= 1."""
     minus_one = y.dtype.type(-1)
     B = x.shape[0]
-    quads = B // _ROWS if _order1_rows_apply(x.shape[1]) else 0
+    quads = _order1_groups(x)
     for b in range(B):
         y[b, 0] = x[b, 0] + a[b, 0] * zi[b]
     for q in range(quads):
@@ -755,7 +756,7 @@ def linear_recurrence_vjp_kernel(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need
     """grad_a (B, T), or an unused (B, 0) placeholder; T >= 2."""
     minus_one = grad_y.dtype.type(-1)
     B = grad_y.shape[0]
-    quads = B // _ROWS if _order1_rows_apply(grad_y.shape[1]) else 0
+    quads = _order1_groups(grad_y)
     for q in range(quads):
         _bwd_order1_rows(grad_y, a, False, y, zi, grad_x, grad_a, grad_zi, need_a, q * _ROWS)
     for b in range(quads * _ROWS, B):
