@@ -1,16 +1,14 @@
 """The numba kernels, path by path, against the reference loop.
 
 The CPU kernels take a different loop for each range of the filter order
-(N = 1 and time-invariant N = 2 as blocked scans, time-varying N = 2,
-3 <= N < 8 with two lags in registers, N >= 8 with eight lags in registers and
+(N = 1, N = 2, 3 <= N < 8 with two lags in registers, N >= 8 with eight lags in registers and
 the rest as vector operations whose length is N - 8), treat the first and last
 N steps apart from the rest, run a time-invariant backward pass as the forward
 kernel backwards in time, and sum a time-invariant grad_A in blocks of
 ``cpu_numba._BLOCK`` steps. The cases below put every order range, every
 remainder of the vector length (8 float32 or 4 float64 lanes, two vectors per
 iteration of the dot product) and every boundary (T < N, T = N, T = N + 1,
-T just past 2N, T around whole groups of a blocked scan, T across one and two
-blocks) through the numba backend, time varying and time invariant, and
+T just past 2N, T across one and two blocks) through the numba backend, time varying and time invariant, and
 compare y, zf and the gradients of x, A and zi with the reference loop run in
 double precision. Batches of first-order sequences go four at a time, skewed in
 time (``cpu_numba._fwd_order1_rows``): batches of 4 to 9 rows, lengths around
@@ -39,8 +37,8 @@ from test_linear_recurrence import reference as recurrence_reference
 from torchlpc.kernels import cpu_numba
 
 BLOCK = cpu_numba._BLOCK
-# Steps one group of a blocked scan covers (orders 1 and 2, see _fwd_order1).
-SCAN = cpu_numba._SCAN_BLOCK * cpu_numba._SCAN_CHAINS
+# A length that spans a few cache lines of every dtype, for the order-1 cases.
+SCAN = 64
 HIGH_ORDER_REFLECTION = 0.5
 
 ORDERS = [1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 20, 24, 33, 64]
@@ -49,7 +47,6 @@ ORDERS = [1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 20, 24, 33, 64]
 def _lengths(N):
     lengths = {max(N - 1, 1), N, N + 1, 2 * N + 3, BLOCK + N + 5}
     if N <= 2:
-        # Around the first whole group of the blocked scans, which start at t = N.
         lengths |= {SCAN - 1 + N, SCAN + N, SCAN + N + 1, 2 * SCAN + N + 1}
     return sorted(lengths)
 
@@ -96,8 +93,7 @@ def test_complex_kernels_match_reference(N, T, varying, dtype):
 
 
 # linear_recurrence takes its pole to the order-1 kernels as it is (sign -1),
-# not through allpole with A = -a; time-varying, every dtype, around the groups
-# of the blocked scan.
+# not through allpole with A = -a; time-varying, every dtype.
 RECURRENCE_LENGTHS = [2, 3, SCAN, SCAN + 1, SCAN + 2, 2 * SCAN + 2, BLOCK + 5]
 
 
@@ -122,20 +118,39 @@ def _check_recurrence(batch, T, dtype, seed):
 
 # A time-invariant sequence alone (batch below the thread count) is split over
 # the threads: segments from a zero state, then each corrected by its response
-# to its true starting state. Forced here on short sequences: several segments,
-# a partial last one, orders up to the largest that is split.
+# to its true starting state, run until it dies away. Forced here on short
+# sequences: several segments, a partial last one, orders up to the largest that
+# is split; with the decay estimate forced to zero, every correction outlives its
+# segment and is carried into the next, which must not change the result.
 SPLIT_CASES = [
     pytest.param(N, T, id=f"N{N}-T{T}")
     for N, T in [(1, 3000), (2, 3000), (2, 1537), (3, 2049), (8, 4000), (20, 3333), (32, 5000)]
 ]
 
 
-@pytest.fixture
-def split_over_time(monkeypatch):
+@pytest.fixture(params=["estimated", "carried"])
+def split_over_time(monkeypatch, request):
+    """Forces the split (where the poles allow it, for "estimated"); yields the
+    list of corrections run (one per segment after the first, and more for every
+    one carried on)."""
     monkeypatch.setattr(cpu_numba, "_SPLIT_MIN_STEPS", 1)
+    estimate = cpu_numba._decay_steps
+    if request.param == "estimated":
+        # Short segments: the real estimate with the quarter-segment rule relaxed.
+        monkeypatch.setattr(cpu_numba, "_decay_steps", lambda a, dtype: estimate(a, dtype) / 1024)
+    else:
+        monkeypatch.setattr(cpu_numba, "_decay_steps", lambda a, dtype: 0.0)
+    corrections = []
+    correct = cpu_numba._add_zero_input_response
+
+    def counted(*arguments):
+        corrections.append(arguments[2].shape[0])
+        return correct(*arguments)
+
+    monkeypatch.setattr(cpu_numba, "_add_zero_input_response", counted)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
-    yield
+    yield request.param, corrections
     torch.set_num_threads(threads)
 
 
@@ -144,6 +159,10 @@ def split_over_time(monkeypatch):
 def test_time_invariant_split_over_threads_matches_reference(split_over_time, N, T, dtype):
     assert cpu_numba._split_over_time(1, T, N)
     _check(N, T, False, dtype, seed=N + T, batch=(1,))
+    estimate, corrections = split_over_time
+    if estimate == "carried":
+        # Forward and backward, two segments after the first each, and what they carry on.
+        assert len(corrections) >= 6
 
 
 @pytest.mark.parametrize("T", [1537, 3000])
@@ -165,7 +184,7 @@ def test_time_invariant_split_without_coefficient_gradient(split_over_time, T):
 
 # Time-varying order 1 (linear_recurrence, and sample_wise_lpc with N = 1) takes
 # rows four at a time once T > 4 _SKEW, row r r _SKEW steps behind row 0, with
-# ramps at both ends; the rows left over take the blocked scan.
+# ramps at both ends; the rows left over take the one-row recursion.
 SKEW = cpu_numba._SKEW
 ROWS_CASES = [
     pytest.param(batch, T, id=f"B{batch}-T{T}")

@@ -69,68 +69,37 @@ def _fwd_head(x, a, stride, zi, y, head):
         y[t] = acc
 
 
-# Blocked scans. A first-order recursion, or a time-invariant second-order one,
-# is bound by the latency of one multiply-add per step when run step by step.
-# Cut into blocks of _SCAN_BLOCK steps, each block's response from a zero state
-# does not depend on the block before, so _SCAN_CHAINS blocks run interleaved;
-# a second, vectorisable pass adds to each block the response to the state the
-# block before left: y[o + j] += H[j] * state, with H the block's response to a
-# unit state (products of the poles for order 1; fixed for a time-invariant
-# filter). Indices are unsigned (_u): numba checks every signed index for
-# negative values, which costs as much here as the arithmetic.
-_SCAN_BLOCK = 16
-_SCAN_CHAINS = 4
+# First order, one sequence: step by step, one multiply-add per sample on the
+# critical path. A blocked scan (blocks run from a zero state, interleaved, then
+# each block's response to the state before it added through products of the
+# poles) was faster by a fraction, but its extra rounding per sample and the
+# rounding of the products cost up to 5x the error of this plain recursion for
+# poles near 1 (0.9999: 1.5e-5 against 2.8e-6 in float32). Indices are unsigned
+# (_u): numba checks every signed index for a negative value.
 _u = np.uint64
 
 
 @_kernel
 def _fwd_order1(x, a, stride, sign, y):
-    """y[t] = x[t] - sign a[t] y[t-1] for t >= 1 (y[0] is set), as a blocked scan.
+    """y[t] = x[t] - sign a[t] y[t-1] for t >= 1 (y[0] is set).
 
     ``sign`` is 1 for LPC coefficients; linear_recurrence passes its pole with -1,
-    which costs a multiplication here instead of a negated copy of it.
+    which costs a multiplication (exact) here instead of a negated copy of it.
     """
-    T = _u(x.shape[0])
     s = _u(stride)
-    K = _u(_SCAN_BLOCK)
-    zero = y.dtype.type(0)
-    gains = np.empty(_SCAN_CHAINS * _SCAN_BLOCK, dtype=y.dtype)
     previous = y[0]
-    start = _u(1)
-    while start + _u(4) * K <= T:
-        i0, i1, i2, i3 = start, start + K, start + _u(2) * K, start + _u(3) * K
-        z0, z1, z2, z3 = x[i0], x[i1], x[i2], x[i3]
-        p0, p1 = zero - sign * a[i0 * s], zero - sign * a[i1 * s]
-        p2, p3 = zero - sign * a[i2 * s], zero - sign * a[i3 * s]
-        y[i0], y[i1], y[i2], y[i3] = z0, z1, z2, z3
-        gains[0], gains[K], gains[_u(2) * K], gains[_u(3) * K] = p0, p1, p2, p3
-        for j in range(_u(1), K):
-            c0, c1 = sign * a[(i0 + j) * s], sign * a[(i1 + j) * s]
-            c2, c3 = sign * a[(i2 + j) * s], sign * a[(i3 + j) * s]
-            z0, z1 = x[i0 + j] - c0 * z0, x[i1 + j] - c1 * z1
-            z2, z3 = x[i2 + j] - c2 * z2, x[i3 + j] - c3 * z3
-            p0, p1, p2, p3 = zero - c0 * p0, zero - c1 * p1, zero - c2 * p2, zero - c3 * p3
-            y[i0 + j], y[i1 + j], y[i2 + j], y[i3 + j] = z0, z1, z2, z3
-            gains[j], gains[K + j], gains[_u(2) * K + j], gains[_u(3) * K + j] = p0, p1, p2, p3
-        for g in range(_u(4)):
-            o = start + g * K
-            for j in range(K):
-                y[o + j] = gains[g * K + j] * previous + y[o + j]
-            previous = y[o + K - _u(1)]
-        start += _u(4) * K
-    for t in range(start, T):
-        previous = x[t] - sign * a[t * s] * previous
+    for t in range(_u(1), _u(x.shape[0])):
+        previous = x[t] - (sign * a[t * s]) * previous
         y[t] = previous
 
 
 # Four first-order sequences at once, for batches of them. Step by step, a
 # recursion waits one multiply-add per step; four independent ones fill that
-# wait in one pass over memory, where the blocked scan makes two passes with
-# twice the arithmetic (2.4x faster here). Row r runs r * _SKEW steps behind
-# row 0: rows whose length is a multiple of 1024 samples lie a multiple of
-# 4 KiB apart, and a load from an address equal, modulo 4 KiB, to that of a
-# store in flight waits for the store ("4K aliasing"): in step, such rows ran
-# 1.6x slower than the blocked scan. ``minus`` picks y = x - a y[t-1] (LPC
+# wait, with the same arithmetic as the one-row recursion (2.4x faster than the
+# blocked scan that ran before). Row r runs r * _SKEW steps behind row 0: rows
+# whose length is a multiple of 1024 samples lie a multiple of 4 KiB apart, and
+# a load from an address equal, modulo 4 KiB, to that of a store in flight waits
+# for the store ("4K aliasing"): in step, such rows ran 1.6x slower. ``minus`` picks y = x - a y[t-1] (LPC
 # coefficients) or y = x + a y[t-1] (linear_recurrence's pole); the branch is
 # loop-invariant, and compiled out of the loops.
 _ROWS = 4
@@ -264,50 +233,6 @@ def _fwd_order2_pair(x, a, y, u, b, v, stride):
 
 
 @_kernel
-def _fwd_order2_invariant(x, a, y):
-    """Time-invariant order 2 from t >= 2 (y[0], y[1] are set), as a blocked scan."""
-    T = _u(x.shape[0])
-    K = _u(_SCAN_BLOCK)
-    a1, a2 = a[0], a[1]
-    zero = y.dtype.type(0)
-    # The block's response to y[o-1] = 1 (gain1) and to y[o-2] = 1 (gain2).
-    gain1 = np.empty(_SCAN_BLOCK, dtype=y.dtype)
-    gain2 = np.empty(_SCAN_BLOCK, dtype=y.dtype)
-    h1, h1_older = y.dtype.type(1), zero
-    h2, h2_older = zero, y.dtype.type(1)
-    for j in range(K):
-        h1, h1_older = (zero - a2 * h1_older) - a1 * h1, h1
-        h2, h2_older = (zero - a2 * h2_older) - a1 * h2, h2
-        gain1[j], gain2[j] = h1, h2
-    last, before = y[1], y[0]
-    start = _u(2)
-    while start + _u(4) * K <= T:
-        i0, i1, i2, i3 = start, start + K, start + _u(2) * K, start + _u(3) * K
-        z0, z1, z2, z3 = x[i0], x[i1], x[i2], x[i3]
-        y[i0], y[i1], y[i2], y[i3] = z0, z1, z2, z3
-        w0, w1, w2, w3 = z0, z1, z2, z3
-        z0, z1 = x[i0 + _u(1)] - a1 * z0, x[i1 + _u(1)] - a1 * z1
-        z2, z3 = x[i2 + _u(1)] - a1 * z2, x[i3 + _u(1)] - a1 * z3
-        y[i0 + _u(1)], y[i1 + _u(1)], y[i2 + _u(1)], y[i3 + _u(1)] = z0, z1, z2, z3
-        for j in range(_u(2), K):
-            v0, v1 = (x[i0 + j] - a2 * w0) - a1 * z0, (x[i1 + j] - a2 * w1) - a1 * z1
-            v2, v3 = (x[i2 + j] - a2 * w2) - a1 * z2, (x[i3 + j] - a2 * w3) - a1 * z3
-            w0, w1, w2, w3 = z0, z1, z2, z3
-            z0, z1, z2, z3 = v0, v1, v2, v3
-            y[i0 + j], y[i1 + j], y[i2 + j], y[i3 + j] = z0, z1, z2, z3
-        for g in range(_u(4)):
-            o = start + g * K
-            for j in range(K):
-                y[o + j] = (gain2[j] * before + y[o + j]) + gain1[j] * last
-            last, before = y[o + K - _u(1)], y[o + K - _u(2)]
-        start += _u(4) * K
-    for t in range(start, T):
-        value = (x[t] - a2 * before) - a1 * last
-        y[t] = value
-        before, last = last, value
-
-
-@_kernel
 def _fwd_short(x, a, stride, N, y):
     """3 <= N < 8: the two newest outputs in registers, the older ones read from y."""
     y1, y2 = y[N - 1], y[N - 2]
@@ -351,8 +276,6 @@ def _fwd(x, a, stride, zi, y):
         return
     if N == 1:
         _fwd_order1(x, a, stride, y.dtype.type(1), y)
-    elif N == 2 and stride == 0:
-        _fwd_order2_invariant(x, a, y)
     elif N == 2:
         _fwd_order2(x, a, stride, y)
     elif N < _REGISTER_LAGS:
@@ -394,55 +317,20 @@ def _bwd_checked_step(grad_y, a, y, zi, grad_x, grad_A, need_A, t):
 @_kernel
 def _bwd_order1(grad_y, a, sign, y, zi, grad_x, grad_a, need_a):
     """N = 1 and T >= 2, all of it: grad_x[t] = grad_y[t] - conj(c[t+1]) grad_x[t+1]
-    with c = sign a, as a blocked scan backwards in time (see _fwd_order1); the
-    gradient of a, sign times that of c, per group of blocks; grad_zi is returned."""
-    T = grad_y.shape[0]
-    K = _u(_SCAN_BLOCK)
-    zero = grad_y.dtype.type(0)
-    gains = np.empty(_SCAN_CHAINS * _SCAN_BLOCK, dtype=grad_y.dtype)
-    following = grad_y[T - 1]
-    grad_x[T - 1] = following
-    scale = -np.conj(sign)
-    if need_a:
-        grad_a[T - 1] = scale * following * np.conj(y[T - 2])
-    # Blocks run downwards from `top`; block g covers top - g K - j for j < K.
-    top = T - 2
-    span = _SCAN_CHAINS * _SCAN_BLOCK
-    while top + 1 >= span:
-        i0 = _u(top)
-        i1, i2, i3 = i0 - K, i0 - _u(2) * K, i0 - _u(3) * K
-        z0, z1, z2, z3 = grad_y[i0], grad_y[i1], grad_y[i2], grad_y[i3]
-        p0 = -np.conj(sign * a[i0 + _u(1)])
-        p1 = -np.conj(sign * a[i1 + _u(1)])
-        p2 = -np.conj(sign * a[i2 + _u(1)])
-        p3 = -np.conj(sign * a[i3 + _u(1)])
-        grad_x[i0], grad_x[i1], grad_x[i2], grad_x[i3] = z0, z1, z2, z3
-        gains[0], gains[K], gains[_u(2) * K], gains[_u(3) * K] = p0, p1, p2, p3
-        for j in range(_u(1), K):
-            c0, c1 = np.conj(sign * a[i0 - j + _u(1)]), np.conj(sign * a[i1 - j + _u(1)])
-            c2, c3 = np.conj(sign * a[i2 - j + _u(1)]), np.conj(sign * a[i3 - j + _u(1)])
-            z0, z1 = grad_y[i0 - j] - c0 * z0, grad_y[i1 - j] - c1 * z1
-            z2, z3 = grad_y[i2 - j] - c2 * z2, grad_y[i3 - j] - c3 * z3
-            p0, p1, p2, p3 = zero - c0 * p0, zero - c1 * p1, zero - c2 * p2, zero - c3 * p3
-            grad_x[i0 - j], grad_x[i1 - j], grad_x[i2 - j], grad_x[i3 - j] = z0, z1, z2, z3
-            gains[j], gains[K + j], gains[_u(2) * K + j], gains[_u(3) * K + j] = p0, p1, p2, p3
-        for g in range(_u(4)):
-            o = i0 - g * K
-            for j in range(K):
-                grad_x[o - j] = gains[g * K + j] * following + grad_x[o - j]
-            following = grad_x[o - K + _u(1)]
-        if need_a:
-            low = i3 - K + _u(1)
-            first = max(low, _u(1))
-            for t in range(first, i0 + _u(1)):
-                grad_a[t] = scale * grad_x[t] * np.conj(y[t - _u(1)])
-        top -= span
-    for t in range(top, -1, -1):
-        following = grad_y[t] - np.conj(sign * a[t + 1]) * following
+    with c = sign a, step by step backwards in time (see _fwd_order1); then the
+    gradient of a, sign times that of c, in a vectorised pass of its own; grad_zi
+    is returned."""
+    T = _u(grad_y.shape[0])
+    following = grad_y[T - _u(1)]
+    grad_x[T - _u(1)] = following
+    for j in range(_u(1), T):
+        t = T - _u(1) - j
+        following = grad_y[t] - np.conj(sign * a[t + _u(1)]) * following
         grad_x[t] = following
-        if need_a and t >= 1:
-            grad_a[t] = scale * following * np.conj(y[t - 1])
     if need_a:
+        scale = -np.conj(sign)
+        for t in range(_u(1), T):
+            grad_a[t] = scale * grad_x[t] * np.conj(y[t - _u(1)])
         grad_a[0] = scale * grad_x[0] * np.conj(zi[0])
     return -np.conj(sign * a[0]) * grad_x[0]
 
@@ -811,78 +699,61 @@ def run_over_batch(kernel, work: int, *arguments, together: int = 2) -> None:
 # One time-invariant sequence over several threads. A batch smaller than the
 # thread count leaves threads idle, and a long time-invariant sequence can use
 # them: cut it into segments, run every segment from a zero state at once
-# (phase A), carry the true state across the segment boundaries, a few
-# operations per segment (phase B), and add to every segment but the first its
-# response to its true starting state (phase C): N multiply-adds per sample
-# from responses to unit states that are computed once, as the filter does not
-# change. The blocked scans' idea, one level up. (A first-order time-varying
-# sequence would need those responses per sample: a second pass as costly as
-# the first, bound by the same memory traffic. Measured, it gained nothing.)
+# (phase A), then add to every segment but the first its response, with zero
+# input, to the state the segment before ended in (phase C), which is the same
+# recursion run from that state, again all segments at once. A stable filter's
+# response to a state dies away; it is run only until its newest N values have
+# fallen below 2^-3p of that state (p the mantissa bits), after which the rest
+# of it is far below the rounding of the output. The split is taken only when
+# the poles say that this happens within a quarter of a segment, so that the
+# second phase is short. Where the response has not died away by the end of its
+# segment, what is left of it is carried into the next one (by linearity),
+# segment after segment, so the result never depends on the estimate.
+#
+# Phase C runs the filter itself, not a sum of precomputed responses to unit
+# states: in the basis of delayed outputs those responses are huge and cancel
+# for clustered poles near 1 (scipy's low-cutoff Butterworth and Chebyshev
+# designs), which cost up to 10^4 times the error of the plain recursion, or
+# NaN. Run as a recursion, the correction is as accurate as the filter.
+# (A first-order time-varying sequence would need per-sample products for its
+# correction, bound by the same memory traffic as the filter: it gained nothing.)
+
+# Steps per piece of the zero-input response in phase C, between two checks of
+# whether it has died away.
+_CORRECTION_BLOCK = 256
+# Sequences shorter than this stay on one thread: below it the extra pass and
+# the hand-offs cost more than the threads give back.
+_SPLIT_MIN_STEPS = 1 << 15
 
 
 @_kernel
-def _invariant_block_response(a, K):
-    """For the filter with coefficients a (N,), N <= K: the response over K steps to
-    each unit state, gains (N, K), and the state transition over K steps, M (N, N),
-    states most recent first."""
+def _add_zero_input_response(a, state, y, small):
+    """y[t] += the response of the time-invariant filter a (N,) with zero input to
+    ``state`` (most recent first) before y[0], until its N newest values are all
+    at most ``small`` in magnitude. Returns the response's state at the end of y,
+    zeros if it died away before."""
     N = a.shape[0]
-    gains = np.zeros((N, K), dtype=a.dtype)
-    zero = a.dtype.type(0)
-    history = np.zeros(N + K, dtype=a.dtype)
-    for k in range(N):
-        history[:] = zero
-        history[N - 1 - k] = 1
-        for j in range(K):
-            acc = zero
-            for i in range(1, N + 1):
-                acc -= a[i - 1] * history[N + j - i]
-            history[N + j] = acc
-            gains[k, j] = acc
-    M = np.empty((N, N), dtype=a.dtype)
-    for i in range(N):
-        for k in range(N):
-            M[i, k] = gains[k, K - 1 - i]
-    return gains, M
-
-
-@_kernel
-def _transition(M, current, following):
-    """following = M current."""
-    for i in range(current.shape[0]):
-        acc = current.dtype.type(0)
-        for k in range(current.shape[0]):
-            acc += M[i, k] * current[k]
-        following[i] = acc
-
-
-@_kernel
-def _propagate(M, state, blocks):
-    """M^blocks state."""
-    current = state.copy()
-    following = np.empty_like(current)
-    for _ in range(blocks):
-        _transition(M, current, following)
-        current, following = following, current
-    return current
-
-
-@_kernel
-def _invariant_add_state(gains, M, state, y):
-    """y[t] += the response of the time-invariant filter to the state ``state``
-    (most recent first) before y[0], block by block of gains.shape[1] steps."""
-    N, K = gains.shape
     T = y.shape[0]
+    K = max(_CORRECTION_BLOCK, N)
+    zeros = np.zeros(K, dtype=y.dtype)
+    response = np.empty(K, dtype=y.dtype)
     current = state.copy()
     following = np.empty_like(current)
     for start in range(0, T, K):
-        block = y[start : min(start + K, T)]
+        n = min(K, T - start)
+        _fwd(zeros[:n], a, 0, current, response[:n])
+        block = y[start : start + n]
+        for j in range(_u(n)):
+            block[j] += response[j]
+        largest = 0.0
         for k in range(N):
-            response = gains[k]
-            weight = current[k]
-            for j in range(_u(block.shape[0])):
-                block[j] += response[j] * weight
-        _transition(M, current, following)
+            following[k] = response[n - 1 - k] if k < n else current[k - n]
+            largest = max(largest, np.abs(following[k]))
         current, following = following, current
+        if largest <= small:
+            current[:] = 0
+            return current
+    return current
 
 
 @_kernel
@@ -893,14 +764,6 @@ def _reverse_in_place(values, lo, hi):
         values[t], values[last - t] = values[last - t], values[t]
 
 
-# Steps per block of the time-invariant second pass: its responses to the unit
-# states and its transition matrix are computed once per call.
-_CORRECTION_BLOCK = 256
-# Sequences shorter than this stay on one thread: below it the extra pass and
-# the hand-offs cost more than the threads give back.
-_SPLIT_MIN_STEPS = 1 << 15
-
-
 def _segments(T: int, parts: int, align: int) -> list[tuple[int, int]]:
     """[lo, hi) ranges covering [0, T); every one but the last a multiple of align."""
     length = max(align, -(-T // parts) // align * align)
@@ -908,21 +771,23 @@ def _segments(T: int, parts: int, align: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run_tasks(tasks: list) -> None:
-    """Run the callables on the pool and the calling thread; return when all are done.
+def _run_tasks(tasks: list) -> list:
+    """Run the callables on the pool and the calling thread; return their results
+    when all are done.
 
     Emptied on return: a helper cancelled before it started stays in the pool's
     queue until a worker thread takes it, and through it the tasks and their
     arrays, which would keep the outputs' memory from being reused (_buffers).
     """
     counter = itertools.count()
+    results = [None] * len(tasks)
     threads = min(len(tasks), torch.get_num_threads())
 
     def drain() -> None:
         for index in iter(counter.__next__, None):
             if index >= len(tasks):
                 return
-            tasks[index]()
+            results[index] = tasks[index]()
 
     helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)] if threads > 1 else []
     try:
@@ -932,33 +797,63 @@ def _run_tasks(tasks: list) -> None:
             if not helper.cancel():
                 helper.result()
         tasks.clear()
+    return results
 
 
 def _split_parts() -> int:
-    return 2 * torch.get_num_threads()
+    return torch.get_num_threads()
+
+
+def _mantissa_bits(dtype) -> int:
+    return np.finfo(dtype).nmant + 1
+
+
+def _decay_steps(a: np.ndarray, dtype) -> float:
+    """Steps after which the filter's response to a state has fallen below 2^-3p
+    of it (p the mantissa bits), from its largest pole radius; inf if unstable.
+    An estimate with margin, for the choice of path only."""
+    roots = np.roots(np.concatenate(([1.0], a.astype(np.complex128))))
+    if not np.all(np.isfinite(roots)):
+        return float("inf")
+    radius = float(np.abs(roots).max()) if roots.size else 0.0
+    if radius >= 1.0:
+        return float("inf")
+    if radius == 0.0:
+        return float(a.shape[0])
+    # 1.5: room for the polynomial growth of repeated or clustered poles.
+    return a.shape[0] + 1.5 * 3 * _mantissa_bits(dtype) * np.log(2.0) / -np.log(radius)
 
 
 def _invariant_fwd_over_time(x, a, zi, y) -> None:
-    """One time-invariant sequence, a (N,), over the threads; x and y may be one array."""
+    """One time-invariant sequence, a (N,), over the threads where its poles let
+    the split pay, else on the calling thread."""
     T, N = x.shape[0], a.shape[0]
-    align = _CORRECTION_BLOCK * -(-N // _CORRECTION_BLOCK)
-    segments = _segments(T, _split_parts(), align)
+    segments = _segments(T, _split_parts(), 64)
+    shortest = min(hi - lo for lo, hi in segments)
+    if len(segments) == 1 or 4 * _decay_steps(a, y.dtype) > shortest:
+        _fwd(x, a, 0, zi, y)
+        return
     zeros = np.zeros_like(zi)
     _run_tasks([
         partial(_fwd, x[lo:hi], a, 0, zi if lo == 0 else zeros, y[lo:hi]) for lo, hi in segments
     ])
-    if len(segments) == 1:
-        return
-    gains, M = _invariant_block_response(a, _CORRECTION_BLOCK)
-    # The true state at each segment's start, most recent output first.
-    starts = [y[segments[0][1] - 1 :: -1][:N].copy()]
-    for lo, hi in segments[1:-1]:
-        zero_state_end = y[hi - 1 : hi - 1 - N : -1]
-        starts.append(zero_state_end + _propagate(M, starts[-1], (hi - lo) // _CORRECTION_BLOCK))
-    _run_tasks([
-        partial(_invariant_add_state, gains, M, state, y[lo:hi])
+    # Each segment's starting state, most recent first, as phase A left it: the
+    # true state wherever the correction before it has died away.
+    starts = [y[lo - 1 :: -1][:N].copy() for lo, _ in segments[1:]]
+    below = 2.0 ** (-3 * _mantissa_bits(y.dtype))
+    tiny = float(np.finfo(y.dtype).tiny)
+    leftovers = _run_tasks([
+        partial(_add_zero_input_response, a, state, y[lo:hi], max(below * np.abs(state).max(), tiny))
         for (lo, hi), state in zip(segments[1:], starts)
     ])
+    # Rarely anything: what did not die away within its segment, carried on.
+    carried = np.zeros_like(zi)
+    for (lo, hi), leftover in zip(segments[2:], leftovers[:-1]):
+        carried += leftover
+        if np.any(carried != 0):
+            carried = _add_zero_input_response(
+                a, carried, y[lo:hi], max(below * np.abs(carried).max(), tiny)
+            )
 
 
 def _invariant_vjp_over_time(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A) -> None:
