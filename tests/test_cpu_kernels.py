@@ -117,40 +117,35 @@ def _check_recurrence(batch, T, dtype, seed):
 
 
 # A time-invariant sequence alone (batch below the thread count) is split over
-# the threads: segments from a zero state, then each corrected by its response
-# to its true starting state, run until it dies away. Forced here on short
-# sequences: several segments, a partial last one, orders up to the largest that
-# is split; with the decay estimate forced to zero, every correction outlives its
-# segment and is carried into the next, which must not change the result.
+# the threads: segments at once, each from a zero state W steps before its start,
+# W from a bound on the filter's response to a state. Forced here on short
+# sequences (several segments, a partial last one, orders up to the largest that
+# is split) with poles well inside the unit circle and segments as short as one
+# warm-up, so that the split is taken.
 SPLIT_CASES = [
     pytest.param(N, T, id=f"N{N}-T{T}")
-    for N, T in [(1, 3000), (2, 3000), (2, 1537), (3, 2049), (8, 4000), (20, 3333), (32, 5000)]
+    for N, T in [(1, 3000), (2, 3000), (2, 1537), (3, 2049), (8, 4000), (20, 3333), (32, 6000)]
 ]
+SPLIT_REFLECTION = 0.1
 
 
-@pytest.fixture(params=["estimated", "carried"])
-def split_over_time(monkeypatch, request):
-    """Forces the split (where the poles allow it, for "estimated"); yields the
-    list of corrections run (one per segment after the first, and more for every
-    one carried on)."""
+@pytest.fixture
+def split_over_time(monkeypatch):
+    """Forces the split of short sequences; yields the segments run from a warm-up."""
     monkeypatch.setattr(cpu_numba, "_SPLIT_MIN_STEPS", 1)
-    estimate = cpu_numba._decay_steps
-    if request.param == "estimated":
-        # Short segments: the real estimate with the quarter-segment rule relaxed.
-        monkeypatch.setattr(cpu_numba, "_decay_steps", lambda a, dtype: estimate(a, dtype) / 1024)
-    else:
-        monkeypatch.setattr(cpu_numba, "_decay_steps", lambda a, dtype: 0.0)
-    corrections = []
-    correct = cpu_numba._add_zero_input_response
+    monkeypatch.setattr(cpu_numba, "_WARMUPS_PER_SEGMENT", 1)
+    warmed_up = []
+    run = cpu_numba._fwd_warmed_up
 
-    def counted(*arguments):
-        corrections.append(arguments[2].shape[0])
-        return correct(*arguments)
+    def counted(x, a, zi, y, lo, hi, W):
+        if lo > 0:
+            warmed_up.append((lo, W))
+        return run(x, a, zi, y, lo, hi, W)
 
-    monkeypatch.setattr(cpu_numba, "_add_zero_input_response", counted)
+    monkeypatch.setattr(cpu_numba, "_fwd_warmed_up", counted)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
-    yield request.param, corrections
+    yield warmed_up
     torch.set_num_threads(threads)
 
 
@@ -158,11 +153,71 @@ def split_over_time(monkeypatch, request):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_time_invariant_split_over_threads_matches_reference(split_over_time, N, T, dtype):
     assert cpu_numba._split_over_time(1, T, N)
-    _check(N, T, False, dtype, seed=N + T, batch=(1,))
-    estimate, corrections = split_over_time
-    if estimate == "carried":
-        # Forward and backward, two segments after the first each, and what they carry on.
-        assert len(corrections) >= 6
+    x, A, zi = filter_inputs(
+        (1,), T, N, dtype=dtype, seed=N + T, varying=False, k_high=SPLIT_REFLECTION
+    )
+    check_against_reference(x, A, zi, dtype, N + T)
+    # Forward and backward, two segments after the first each.
+    assert len(split_over_time) == 4, split_over_time
+
+
+def _denominator(design):
+    """scipy's a = [1, *A] of a named design."""
+    import numpy as np
+    import scipy.signal
+
+    return {
+        "butter8-0.05": lambda: scipy.signal.butter(8, 0.05)[1],
+        "cheby1-6-0.1": lambda: scipy.signal.cheby1(6, 1, 0.1)[1],
+        "resonator-0.999": lambda: np.array([1.0, -2 * 0.999 * np.cos(0.01), 0.999**2]),
+        "pole-0.99": lambda: np.array([1.0, -0.99]),
+    }[design]()
+
+
+@pytest.mark.parametrize("design", ["butter8-0.05", "cheby1-6-0.1", "resonator-0.999", "pole-0.99"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_warmup_outlasts_the_response_to_a_state(design, dtype):
+    """After W steps the response to any of a few states is below 2^-2p of it,
+    computed in float64 (whose rounding is far below 2^-48, p = 24) or, for
+    float64's own bound of 2^-106, checked through the bound's margin in float64."""
+    import numpy as np
+
+    a = _denominator(design)[1:]
+    W = cpu_numba._warmup_steps(a, np.dtype(dtype))
+    assert np.isfinite(W) and W >= len(a)
+    steps = int(W) + len(a)
+    rng = np.random.default_rng(0)
+    for state in [np.ones(len(a)), rng.standard_normal(len(a)), np.eye(len(a))[-1]]:
+        response = np.empty(steps)
+        cpu_numba._fwd(np.zeros(steps), a, 0, state, response)
+        tail = np.abs(response[int(W) :]).max()
+        bits = 24 if dtype == "float32" else 53
+        # float64 rounding stops the check near 1e-16 of the transient's peak.
+        floor = 1e-15 * np.abs(response).max() if dtype == "float64" else 0.0
+        assert tail <= max(2.0 ** (-2 * bits) * np.abs(state).max(), floor), (W, tail)
+
+
+def test_warmup_from_the_start_uses_the_initial_state():
+    """A warm-up longer than the steps before the segment starts from zi at t = 0."""
+    import numpy as np
+
+    a = np.array([-1.5, 0.7])
+    x = np.random.default_rng(1).standard_normal(300)
+    zi = np.array([0.3, -2.0])
+    whole = np.empty(300)
+    cpu_numba._fwd(x, a, 0, zi, whole)
+    part = np.full(300, np.nan)
+    cpu_numba._fwd_warmed_up(x, a, zi, part, 100, 300, 1000)
+    # The same recursion, but the first steps after t = 100 take the head loop's order.
+    np.testing.assert_allclose(part[100:], whole[100:], rtol=1e-13, atol=1e-13)
+
+
+def test_unstable_or_slow_filters_are_not_split():
+    import numpy as np
+
+    assert cpu_numba._warmup_steps(np.array([-1.0]), np.float32) == float("inf")
+    assert cpu_numba._warmup_steps(np.array([-2.0, 1.0001]), np.float64) == float("inf")
+    assert cpu_numba._warmup_steps(np.array([0.0, 0.0]), np.float32) == 2
 
 
 @pytest.mark.parametrize("T", [1537, 3000])
@@ -172,7 +227,9 @@ def test_time_invariant_split_without_coefficient_gradient(split_over_time, T):
     from torchlpc import reference
 
     dtype = torch.float64
-    x, A, zi = filter_inputs((1,), T, 2, dtype=dtype, seed=T, varying=False)
+    x, A, zi = filter_inputs(
+        (1,), T, 2, dtype=dtype, seed=T, varying=False, k_high=SPLIT_REFLECTION
+    )
     grad_y = randn(1, T, dtype=dtype, generator=make_generator(T + 1))
     expected = reference.allpole_vjp_reference(grad_y, A, reference.allpole_reference(x, A, zi), zi)
     x_, zi_ = x.clone().requires_grad_(), zi.clone().requires_grad_()

@@ -28,6 +28,7 @@ order of every sum is the one written here; NaN and Inf propagate.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -698,62 +699,54 @@ def run_over_batch(kernel, work: int, *arguments, together: int = 2) -> None:
 # ---------------------------------------------------------------------------
 # One time-invariant sequence over several threads. A batch smaller than the
 # thread count leaves threads idle, and a long time-invariant sequence can use
-# them: cut it into segments, run every segment from a zero state at once
-# (phase A), then add to every segment but the first its response, with zero
-# input, to the state the segment before ended in (phase C), which is the same
-# recursion run from that state, again all segments at once. A stable filter's
-# response to a state dies away; it is run only until its newest N values have
-# fallen below 2^-3p of that state (p the mantissa bits), after which the rest
-# of it is far below the rounding of the output. The split is taken only when
-# the poles say that this happens within a quarter of a segment, so that the
-# second phase is short. Where the response has not died away by the end of its
-# segment, what is left of it is carried into the next one (by linearity),
-# segment after segment, so the result never depends on the estimate.
+# them: cut it into segments and run them all at once, each segment but the
+# first from a zero state some W steps before its start (a warm-up whose
+# outputs are dropped), so that by its start the state it has reached differs
+# from the true one only by the filter's response, after W steps, to the true
+# state where the warm-up began. W is taken from a bound on that response that
+# holds for every filter whose poles lie within the largest pole radius (see
+# _warmup_steps) to put it below 2^-2p of that state (p the mantissa bits):
+# far below the output's rounding. Each segment is then the plain recursion on
+# its own samples, as accurate as the filter run in one piece, and nothing is
+# added afterwards. The split is taken only when W is at most a quarter of a
+# segment: poles nearer the unit circle run on one thread.
 #
-# Phase C runs the filter itself, not a sum of precomputed responses to unit
-# states: in the basis of delayed outputs those responses are huge and cancel
-# for clustered poles near 1 (scipy's low-cutoff Butterworth and Chebyshev
-# designs), which cost up to 10^4 times the error of the plain recursion, or
-# NaN. Run as a recursion, the correction is as accurate as the filter.
-# (A first-order time-varying sequence would need per-sample products for its
-# correction, bound by the same memory traffic as the filter: it gained nothing.)
+# The version before ran each segment from a zero state at its start and then
+# added its response to the true starting state, from responses to unit states
+# (and carried that state with a transition matrix): the zero-state transient
+# and that response are each far larger than the output and cancel, in the
+# basis of delayed outputs above all for clustered poles near 1 (scipy's
+# low-cutoff Butterworth and Chebyshev designs), which cost 10^2-10^4 times the
+# plain recursion's error, or NaN. The transient is still there in the warm-up,
+# and so are its rounding errors, but W steps of decay take them away with it.
+# (A first-order time-varying sequence has no such bound to warm up with: it
+# stays on one core.)
 
-# Steps per piece of the zero-input response in phase C, between two checks of
-# whether it has died away.
-_CORRECTION_BLOCK = 256
 # Sequences shorter than this stay on one thread: below it the extra pass and
 # the hand-offs cost more than the threads give back.
 _SPLIT_MIN_STEPS = 1 << 15
+# A segment is split off only if it is at least this many warm-ups long: the
+# warm-up is work the threads do on top of the filter.
+_WARMUPS_PER_SEGMENT = 4
 
 
 @_kernel
-def _add_zero_input_response(a, state, y, small):
-    """y[t] += the response of the time-invariant filter a (N,) with zero input to
-    ``state`` (most recent first) before y[0], until its N newest values are all
-    at most ``small`` in magnitude. Returns the response's state at the end of y,
-    zeros if it died away before."""
+def _fwd_warmed_up(x, a, zi, y, lo, hi, W):
+    """y[lo:hi] of the time-invariant filter a (N,) on x: from zi at lo = 0,
+    else from a zero state W steps before lo (from zi, if that reaches t = 0),
+    the warm-up's own outputs dropped."""
     N = a.shape[0]
-    T = y.shape[0]
-    K = max(_CORRECTION_BLOCK, N)
-    zeros = np.zeros(K, dtype=y.dtype)
-    response = np.empty(K, dtype=y.dtype)
-    current = state.copy()
-    following = np.empty_like(current)
-    for start in range(0, T, K):
-        n = min(K, T - start)
-        _fwd(zeros[:n], a, 0, current, response[:n])
-        block = y[start : start + n]
-        for j in range(_u(n)):
-            block[j] += response[j]
-        largest = 0.0
-        for k in range(N):
-            following[k] = response[n - 1 - k] if k < n else current[k - n]
-            largest = max(largest, np.abs(following[k]))
-        current, following = following, current
-        if largest <= small:
-            current[:] = 0
-            return current
-    return current
+    if lo == 0:
+        _fwd(x[0:hi], a, 0, zi, y[0:hi])
+        return
+    start = max(lo - W, 0)
+    warm = np.empty(lo - start, dtype=y.dtype)
+    initial = zi if start == 0 else np.zeros_like(zi)
+    _fwd(x[start:lo], a, 0, initial, warm)
+    state = np.empty_like(zi)
+    for k in range(N):
+        state[k] = warm[lo - start - 1 - k] if k < lo - start else initial[k - (lo - start)]
+    _fwd(x[lo:hi], a, 0, state, y[lo:hi])
 
 
 @_kernel
@@ -766,28 +759,26 @@ def _reverse_in_place(values, lo, hi):
 
 def _segments(T: int, parts: int, align: int) -> list[tuple[int, int]]:
     """[lo, hi) ranges covering [0, T); every one but the last a multiple of align."""
-    length = max(align, -(-T // parts) // align * align)
+    length = max(align, -(-T // parts) // -align * -align)
     bounds = list(range(0, T, length)) + [T]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run_tasks(tasks: list) -> list:
-    """Run the callables on the pool and the calling thread; return their results
-    when all are done.
+def _run_tasks(tasks: list) -> None:
+    """Run the callables on the pool and the calling thread; return when all are done.
 
     Emptied on return: a helper cancelled before it started stays in the pool's
     queue until a worker thread takes it, and through it the tasks and their
     arrays, which would keep the outputs' memory from being reused (_buffers).
     """
     counter = itertools.count()
-    results = [None] * len(tasks)
     threads = min(len(tasks), torch.get_num_threads())
 
     def drain() -> None:
         for index in iter(counter.__next__, None):
             if index >= len(tasks):
                 return
-            results[index] = tasks[index]()
+            tasks[index]()
 
     helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)] if threads > 1 else []
     try:
@@ -797,63 +788,70 @@ def _run_tasks(tasks: list) -> list:
             if not helper.cancel():
                 helper.result()
         tasks.clear()
-    return results
 
 
 def _split_parts() -> int:
     return torch.get_num_threads()
 
 
-def _mantissa_bits(dtype) -> int:
-    return np.finfo(dtype).nmant + 1
+def _warmup_steps(a: np.ndarray, dtype) -> float:
+    """Steps after which the response of the filter a (N,) with zero input to any
+    state has fallen below 2^-2p of that state (p the mantissa bits of dtype); inf
+    where the filter is not stable.
 
-
-def _decay_steps(a: np.ndarray, dtype) -> float:
-    """Steps after which the filter's response to a state has fallen below 2^-3p
-    of it (p the mantissa bits), from its largest pole radius; inf if unstable.
-    An estimate with margin, for the choice of path only."""
+    With rho the largest pole radius, the impulse response of 1 / (1 + sum a_i z^-i)
+    is bounded, coefficient by coefficient, by that of 1 / (1 - rho z^-1)^N, which
+    is C(t + N - 1, N - 1) rho^t, and the state enters as an input of the first N
+    steps of at most sum |a_i| <= 2^N times its largest value. So the response at
+    step t is at most N 2^N C(t + N - 1, N - 1) rho^(t - N) times the state: for
+    every filter with these poles, clustered or not (a bound on the pole radius
+    alone would miss the growth of clustered poles).
+    """
+    N = a.shape[0]
     roots = np.roots(np.concatenate(([1.0], a.astype(np.complex128))))
     if not np.all(np.isfinite(roots)):
-        return float("inf")
+        return math.inf
     radius = float(np.abs(roots).max()) if roots.size else 0.0
     if radius >= 1.0:
-        return float("inf")
+        return math.inf
     if radius == 0.0:
-        return float(a.shape[0])
-    # 1.5: room for the polynomial growth of repeated or clustered poles.
-    return a.shape[0] + 1.5 * 3 * _mantissa_bits(dtype) * np.log(2.0) / -np.log(radius)
+        return float(N)
+    decay = math.log(radius)
+    target = -2 * (np.finfo(dtype).nmant + 1) * math.log(2.0)
+
+    def log_bound(t: float) -> float:
+        binomial = math.lgamma(t + N) - math.lgamma(N) - math.lgamma(t + 1)
+        return math.log(N) + N * math.log(2.0) + binomial + (t - N) * decay
+
+    # The bound is concave in t and starts above the target: the first t below
+    # it on the way down, by doubling and then bisection.
+    high = float(N)
+    while log_bound(high) > target or log_bound(high + 1) > log_bound(high):
+        high *= 2
+        if high > 2.0**48:
+            return math.inf
+    low = max(high / 2, float(N))
+    while high - low > 1:
+        middle = math.floor((low + high) / 2)
+        if log_bound(middle) <= target and log_bound(middle + 1) <= log_bound(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _invariant_fwd_over_time(x, a, zi, y) -> None:
     """One time-invariant sequence, a (N,), over the threads where its poles let
-    the split pay, else on the calling thread."""
-    T, N = x.shape[0], a.shape[0]
+    the split pay, else on the calling thread; x may be a reversed view."""
+    T = x.shape[0]
     segments = _segments(T, _split_parts(), 64)
-    shortest = min(hi - lo for lo, hi in segments)
-    if len(segments) == 1 or 4 * _decay_steps(a, y.dtype) > shortest:
+    warmup = _warmup_steps(a, y.dtype)
+    if len(segments) == 1 or _WARMUPS_PER_SEGMENT * warmup > segments[0][1]:
         _fwd(x, a, 0, zi, y)
         return
-    zeros = np.zeros_like(zi)
     _run_tasks([
-        partial(_fwd, x[lo:hi], a, 0, zi if lo == 0 else zeros, y[lo:hi]) for lo, hi in segments
+        partial(_fwd_warmed_up, x, a, zi, y, lo, hi, int(warmup)) for lo, hi in segments
     ])
-    # Each segment's starting state, most recent first, as phase A left it: the
-    # true state wherever the correction before it has died away.
-    starts = [y[lo - 1 :: -1][:N].copy() for lo, _ in segments[1:]]
-    below = 2.0 ** (-3 * _mantissa_bits(y.dtype))
-    tiny = float(np.finfo(y.dtype).tiny)
-    leftovers = _run_tasks([
-        partial(_add_zero_input_response, a, state, y[lo:hi], max(below * np.abs(state).max(), tiny))
-        for (lo, hi), state in zip(segments[1:], starts)
-    ])
-    # Rarely anything: what did not die away within its segment, carried on.
-    carried = np.zeros_like(zi)
-    for (lo, hi), leftover in zip(segments[2:], leftovers[:-1]):
-        carried += leftover
-        if np.any(carried != 0):
-            carried = _add_zero_input_response(
-                a, carried, y[lo:hi], max(below * np.abs(carried).max(), tiny)
-            )
 
 
 def _invariant_vjp_over_time(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A) -> None:
