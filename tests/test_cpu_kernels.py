@@ -137,10 +137,10 @@ def split_over_time(monkeypatch):
     warmed_up = []
     run = cpu_numba._fwd_warmed_up
 
-    def counted(x, a, zi, y, lo, hi, W):
+    def counted(x, a, zi, y, lo, hi, W, reached):
         if lo > 0:
             warmed_up.append((lo, W))
-        return run(x, a, zi, y, lo, hi, W)
+        return run(x, a, zi, y, lo, hi, W, reached)
 
     monkeypatch.setattr(cpu_numba, "_fwd_warmed_up", counted)
     threads = torch.get_num_threads()
@@ -207,9 +207,30 @@ def test_warmup_from_the_start_uses_the_initial_state():
     whole = np.empty(300)
     cpu_numba._fwd(x, a, 0, zi, whole)
     part = np.full(300, np.nan)
-    cpu_numba._fwd_warmed_up(x, a, zi, part, 100, 300, 1000)
+    reached = np.empty(2)
+    cpu_numba._fwd_warmed_up(x, a, zi, part, 100, 300, 1000, reached)
+    np.testing.assert_allclose(reached, whole[99:97:-1], rtol=1e-13, atol=1e-13)
     # The same recursion, but the first steps after t = 100 take the head loop's order.
     np.testing.assert_allclose(part[100:], whole[100:], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("warmup", [2, 40])
+def test_split_is_exact_whatever_the_warmup(monkeypatch, warmup):
+    """Each segment is corrected by its response to the difference between the
+    state the segment before ended in and the one its warm-up reached, so a
+    warm-up far too short (a large difference, whose response outlives its
+    segment and is carried into the next ones) still gives the recursion."""
+    import numpy as np
+
+    monkeypatch.setattr(cpu_numba, "_warmup_steps", lambda a, dtype: float(warmup))
+    monkeypatch.setattr(cpu_numba, "_split_parts", lambda: 6)
+    a = np.array([-1.99 * np.cos(0.05), 0.995**2])
+    rng = np.random.default_rng(2)
+    x, zi = rng.standard_normal(3000), rng.standard_normal(2)
+    whole, split = np.empty(3000), np.empty(3000)
+    cpu_numba._fwd(x, a, 0, zi, whole)
+    cpu_numba._invariant_fwd_over_time(x, a, zi, split)
+    np.testing.assert_allclose(split, whole, rtol=0, atol=1e-10 * np.abs(whole).max())
 
 
 def test_unstable_or_slow_filters_are_not_split():

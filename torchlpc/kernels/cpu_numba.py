@@ -706,10 +706,17 @@ def run_over_batch(kernel, work: int, *arguments, together: int = 2) -> None:
 # state where the warm-up began. W is taken from a bound on that response that
 # holds for every filter whose poles lie within the largest pole radius (see
 # _warmup_steps) to put it below 2^-2p of that state (p the mantissa bits):
-# far below the output's rounding. Each segment is then the plain recursion on
-# its own samples, as accurate as the filter run in one piece, and nothing is
-# added afterwards. The split is taken only when W is at most a quarter of a
-# segment: poles nearer the unit circle run on one thread.
+# far below the output's rounding. What remains between the state a warm-up
+# reached and the one the segment before ended in is a difference of rounding;
+# each segment gets its response to it added (the recursion from that small
+# state, all segments at once, until it dies away), which puts the segment on
+# the recursion from the true state, so that its errors run on across the
+# boundary as in one piece: filtering that cancels the signal's large part
+# afterwards (lfilter's zeros, in its backward pass) exposed the jump between
+# two roundings, 200x the plain recursion's error. A response that outlives its
+# segment is carried into the next (by linearity), so the result holds for any
+# W; W only keeps the difference small. The split is taken only when W is at
+# most a quarter of a segment: poles nearer the unit circle run on one thread.
 #
 # The version before ran each segment from a zero state at its start and then
 # added its response to the true starting state, from responses to unit states
@@ -728,25 +735,59 @@ _SPLIT_MIN_STEPS = 1 << 15
 # A segment is split off only if it is at least this many warm-ups long: the
 # warm-up is work the threads do on top of the filter.
 _WARMUPS_PER_SEGMENT = 4
+# Steps per piece of the response to the state's rounding difference, between
+# two checks of whether it has died away.
+_CORRECTION_BLOCK = 256
 
 
 @_kernel
-def _fwd_warmed_up(x, a, zi, y, lo, hi, W):
+def _fwd_warmed_up(x, a, zi, y, lo, hi, W, reached):
     """y[lo:hi] of the time-invariant filter a (N,) on x: from zi at lo = 0,
     else from a zero state W steps before lo (from zi, if that reaches t = 0),
-    the warm-up's own outputs dropped."""
+    the warm-up's own outputs dropped; the state it reached at lo, most recent
+    first, goes to ``reached`` (N,)."""
     N = a.shape[0]
     if lo == 0:
+        reached[:] = zi
         _fwd(x[0:hi], a, 0, zi, y[0:hi])
         return
     start = max(lo - W, 0)
     warm = np.empty(lo - start, dtype=y.dtype)
     initial = zi if start == 0 else np.zeros_like(zi)
     _fwd(x[start:lo], a, 0, initial, warm)
-    state = np.empty_like(zi)
     for k in range(N):
-        state[k] = warm[lo - start - 1 - k] if k < lo - start else initial[k - (lo - start)]
-    _fwd(x[lo:hi], a, 0, state, y[lo:hi])
+        reached[k] = warm[lo - start - 1 - k] if k < lo - start else initial[k - (lo - start)]
+    _fwd(x[lo:hi], a, 0, reached, y[lo:hi])
+
+
+@_kernel
+def _add_zero_input_response(a, state, y, small):
+    """y[t] += the response of the time-invariant filter a (N,) with zero input to
+    ``state`` (most recent first) before y[0], until its N newest values are all
+    at most ``small`` in magnitude. Returns the response's state at the end of y,
+    zeros if it died away before."""
+    N = a.shape[0]
+    T = y.shape[0]
+    K = max(_CORRECTION_BLOCK, N)
+    zeros = np.zeros(K, dtype=y.dtype)
+    response = np.empty(K, dtype=y.dtype)
+    current = state.copy()
+    following = np.empty_like(current)
+    for start in range(0, T, K):
+        n = min(K, T - start)
+        _fwd(zeros[:n], a, 0, current, response[:n])
+        block = y[start : start + n]
+        for j in range(_u(n)):
+            block[j] += response[j]
+        largest = 0.0
+        for k in range(N):
+            following[k] = response[n - 1 - k] if k < n else current[k - n]
+            largest = max(largest, np.abs(following[k]))
+        current, following = following, current
+        if largest <= small:
+            current[:] = 0
+            return current
+    return current
 
 
 @_kernel
@@ -764,21 +805,23 @@ def _segments(T: int, parts: int, align: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run_tasks(tasks: list) -> None:
-    """Run the callables on the pool and the calling thread; return when all are done.
+def _run_tasks(tasks: list) -> list:
+    """Run the callables on the pool and the calling thread; return their results
+    when all are done.
 
     Emptied on return: a helper cancelled before it started stays in the pool's
     queue until a worker thread takes it, and through it the tasks and their
     arrays, which would keep the outputs' memory from being reused (_buffers).
     """
     counter = itertools.count()
+    results = [None] * len(tasks)
     threads = min(len(tasks), torch.get_num_threads())
 
     def drain() -> None:
         for index in iter(counter.__next__, None):
             if index >= len(tasks):
                 return
-            tasks[index]()
+            results[index] = tasks[index]()
 
     helpers = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)] if threads > 1 else []
     try:
@@ -788,6 +831,7 @@ def _run_tasks(tasks: list) -> None:
             if not helper.cancel():
                 helper.result()
         tasks.clear()
+    return results
 
 
 def _split_parts() -> int:
@@ -849,9 +893,33 @@ def _invariant_fwd_over_time(x, a, zi, y) -> None:
     if len(segments) == 1 or _WARMUPS_PER_SEGMENT * warmup > segments[0][1]:
         _fwd(x, a, 0, zi, y)
         return
+    reached = np.empty((len(segments), zi.shape[0]), dtype=y.dtype)
     _run_tasks([
-        partial(_fwd_warmed_up, x, a, zi, y, lo, hi, int(warmup)) for lo, hi in segments
+        partial(_fwd_warmed_up, x, a, zi, y, lo, hi, int(warmup), reached[k])
+        for k, (lo, hi) in enumerate(segments)
     ])
+    # Where each segment started against where the one before it ended: a
+    # difference of rounding, whose response puts the segment on the recursion
+    # from the true state (so that the errors run on across the boundary as in
+    # one piece; without it, later filtering that cancels the signal's large
+    # part, such as lfilter's zeros, exposes the step between two roundings).
+    below = 2.0 ** (-2 * (np.finfo(y.dtype).nmant + 1))
+    tiny = float(np.finfo(y.dtype).tiny)
+    differences = []
+    for k, (lo, _) in enumerate(segments[1:], start=1):
+        ended = y[lo - 1 :: -1][: zi.shape[0]]
+        small = max(below * float(np.abs(ended).max()), tiny)
+        differences.append((ended - reached[k], small))
+    leftovers = _run_tasks([
+        partial(_add_zero_input_response, a, difference, y[lo:hi], small)
+        for (lo, hi), (difference, small) in zip(segments[1:], differences)
+    ])
+    # Nothing, unless a response outlived its segment: carried on, by linearity.
+    carried = np.zeros_like(zi)
+    for (lo, hi), leftover, (_, small) in zip(segments[2:], leftovers[:-1], differences[1:]):
+        carried += leftover
+        if np.any(carried != 0):
+            carried = _add_zero_input_response(a, carried, y[lo:hi], small)
 
 
 def _invariant_vjp_over_time(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A) -> None:
