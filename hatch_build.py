@@ -15,9 +15,10 @@ from pathlib import Path
 
 from hatchling.metadata.plugin.interface import MetadataHookInterface
 
-# [text](target) or ![alt](target), the target without spaces; code spans are not
-# links, so the README's inline code never has this shape (a test checks the result).
+# [text](target) or ![alt](target), the target without spaces; fenced code blocks and
+# code spans are left as they are, links or not.
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
+_CODE = re.compile(r"^```.*?^```|`[^`\n]*`", re.MULTILINE | re.DOTALL)
 _ABSOLUTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|#|/)", re.IGNORECASE)
 
 
@@ -36,7 +37,12 @@ def absolute_links(markdown: str, source: str, ref: str = "main") -> str:
         kind = "raw" if bang else ("tree" if target.endswith("/") else "blob")
         return f"{bang}[{text}]({source}/{kind}/{ref}/{target.removeprefix('./')})"
 
-    return _LINK.sub(rewrite, markdown)
+    pieces = []
+    end = 0
+    for code in _CODE.finditer(markdown):
+        pieces += [_LINK.sub(rewrite, markdown[end : code.start()]), code[0]]
+        end = code.end()
+    return "".join(pieces) + _LINK.sub(rewrite, markdown[end:])
 
 
 class ReadmeHook(MetadataHookInterface):
