@@ -269,7 +269,9 @@ def panel() -> list[Filter]:
     for order in (16, 24, 32):
         filters.append(Filter(f"lpc({order})", "lpc", lpc_fit(speech[4000:8000], order)))
     for pole in (0.99, 0.999, 0.9999, 0.99999):
-        filters.append(Filter(f"smoother({pole})", "smoother", np.array([-pole]), b=np.array([1 - pole])))
+        filters.append(
+            Filter(f"smoother({pole})", "smoother", np.array([-pole]), b=np.array([1 - pole]))
+        )
 
     sweeps = [
         ("butter(6,0.05->0.1)", "butter", _design("butter", 6, 0.05), _design("butter", 6, 0.1)),
@@ -422,7 +424,8 @@ PATHS = {
         doc="numba, one time-varying sequence",
     ),
     "numba-short": Path_(
-        _numba_batched, 16, 50, 50, doc="numba, 50 samples (shorter than the blocked scans' 4 blocks of 16)"
+        _numba_batched, 16, 50, 50,
+        doc="numba, 50 samples (shorter than the blocked scans' 4 blocks of 16)",
     ),
     "linear-recurrence": Path_(
         _linear_recurrence, 1, 1 << 20, 1 << 15, dense=True, order1_only=True,
@@ -433,7 +436,8 @@ PATHS = {
         doc="linear_recurrence with a (B, T) pole, 4 sequences",
     ),
     "chunked": Path_(
-        _chunked, 2, 1 << 16, 1 << 12, doc="TORCHLPC_BACKEND=chunked (pure PyTorch, parallel in time)"
+        _chunked, 2, 1 << 16, 1 << 12,
+        doc="TORCHLPC_BACKEND=chunked (pure PyTorch, parallel in time)",
     ),
     "triton-sequential": Path_(
         _triton("sequential"), 2, 256, 128, doc="Triton sequential kernel (interpreted on CPU)"
@@ -768,7 +772,9 @@ CI_FILTERS = (
 )
 # The Triton interpreter runs a few hundred steps a second: a few filters only.
 CI_TRITON_FILTERS = ("cheby1(6,1,0.1)",)
-TRITON_FILTERS = ("cheby1(6,1,0.1)", "resonator(0.9995)", "smoother(0.9999)", "resonator(0.99->0.9995)")
+TRITON_FILTERS = (
+    "cheby1(6,1,0.1)", "resonator(0.9995)", "smoother(0.9999)", "resonator(0.99->0.9995)",
+)
 
 
 def cells(
@@ -995,7 +1001,9 @@ def main(argv=None) -> int:
     parser.add_argument("--path", action="append", choices=list(PATHS))
     parser.add_argument("--dtype", action="append", choices=list(DTYPES))
     parser.add_argument("--length", type=int, help="override every cell's T")
-    parser.add_argument("--ci", action="store_true", help="the reduced panel of tests/test_accuracy.py")
+    parser.add_argument(
+        "--ci", action="store_true", help="the reduced panel of tests/test_accuracy.py"
+    )
     parser.add_argument("--list", action="store_true", help="list filters and paths, and exit")
     parser.add_argument(
         "--report-only", action="store_true",

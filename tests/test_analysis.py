@@ -168,7 +168,8 @@ def test_repair_is_no_larger_than_the_rounding_needs():
     frequencies = np.linspace(0, np.pi, 4096)
     for row in A32[3:-3]:
         assert 0.98 < _largest_pole_radius(row[None]) < 1
-        response = np.abs(np.polyval(np.concatenate([[1.0], row.double()]), np.exp(1j * frequencies)))
+        denominator = np.concatenate([[1.0], row.double()])
+        response = np.abs(np.polyval(denominator, np.exp(1j * frequencies)))
         assert abs(frequencies[response.argmin()] - 0.1) < 0.02
     # Frames the rounding leaves stable are the double-precision ones, rounded.
     untouched = is_stable(A64.float()) & is_stable(A64.float().double())
