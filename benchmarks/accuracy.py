@@ -852,7 +852,7 @@ def _fmt(value) -> str:
     if value is None:
         return "-"
     if math.isinf(value) or math.isnan(value):
-        return "**NaN/inf**"
+        return "NaN/inf"
     return f"{value:.1e}"
 
 
@@ -924,7 +924,9 @@ def _table(results: list[Cell]) -> str:
     for c in results:
         ratio, quantity = c.worst
         e = c.errors
-        verdict = f"**{_fmt(ratio)}**" if ratio > FACTOR else f"{ratio:.2f}"
+        verdict = f"{ratio:.3g}" if math.isfinite(ratio) else "NaN/inf"
+        if ratio > FACTOR:
+            verdict = f"**{verdict}**"
 
         def get(q, k="path"):
             return _fmt(e[q][k]) if q in e else "-"
