@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from .coefficients import _abs2, lpc_to_reflection, reflection_to_lpc
+from .coefficients import _abs2, _step_down, lpc_to_reflection, reflection_to_lpc
 from .functional import _COMPUTED_IN_FLOAT32, _check_tensor, _shape
 
 __all__ = ["levinson_durbin", "lpc_analysis", "upsample_coefficients"]
@@ -100,6 +100,43 @@ def levinson_durbin(r: Tensor, order: int | None = None, eps: float = 0.0) -> tu
     return A, error
 
 
+def _rounded_stable(A: Tensor, dtype: torch.dtype) -> Tensor:
+    """``A`` in ``dtype``, every finite row strictly stable as rounded.
+
+    Near-singular autocorrelations (a loud sinusoid, a sharp resonance) give
+    poles so close together and to the unit circle that rounding the
+    coefficients, to float32 or within the recursion itself, can push one
+    outside. Such rows get their poles pulled inward, ``A[i-1] * g**i`` (all
+    poles scaled by ``g``), with ``g = 1 - 4 eps, 1 - 8 eps, ...`` (``eps`` of
+    ``dtype``) until the rounded row is stable: the least bandwidth expansion
+    that makes it so, in steps of a factor 2. Stability is judged by the
+    reflection coefficients of the rounded row, computed in the wider of its
+    dtype and ``A``'s. NaN rows (silence with ``eps = 0``) are left as they are.
+    """
+    rounded = A.to(dtype)
+    with torch.no_grad():
+        def unstable(rows: Tensor) -> Tensor:
+            stable = _step_down(rows, safe=True)[1]
+            if A.element_size() > rows.element_size():
+                stable = stable & _step_down(rows.to(A.dtype), safe=True)[1]
+            return ~stable & rows.isfinite().all(-1)
+
+        bad = unstable(rounded.detach())
+        if not bool(bad.any()):
+            return rounded
+        real = A.real.dtype if A.is_complex() else A.dtype
+        powers = torch.arange(1, A.shape[-1] + 1, dtype=real, device=A.device)
+        radius = torch.ones(A.shape[:-1], dtype=real, device=A.device)
+        step = 4 * torch.finfo(rounded.real.dtype if rounded.is_complex() else dtype).eps
+        while bool(bad.any()) and step < 1:
+            radius = torch.where(bad, torch.full_like(radius, 1 - step), radius)
+            factors = radius[..., None] ** powers
+            candidate = (A.detach() * factors).to(dtype)
+            bad = bad & unstable(candidate)
+            step *= 2
+    return (A * factors).to(dtype)
+
+
 def _window(name: str, window, frame_length: int, x: Tensor) -> Tensor:
     real = x.real.dtype if x.is_complex() else x.dtype
     if window is None or window == "rectangular":
@@ -151,11 +188,22 @@ def lpc_analysis(
     of the prediction error per sample: exciting ``1 / A_f(z)`` with white noise of
     standard deviation ``g_f`` reproduces the frame's spectral envelope and level.
     ``eps`` acts as white noise of power ``eps`` added to every frame: a silent
-    frame gives ``A = 0`` and gain ``sqrt(eps)`` instead of NaN, and the filters
-    are stable. Differentiable with respect to ``x`` (and a tensor ``window``).
+    frame gives ``A = 0`` and gain ``sqrt(eps)`` instead of NaN. It is absolute, so
+    a signal whose power is near ``eps`` gets flatter envelopes; scale it with the
+    signal. Differentiable with respect to ``x`` (and a tensor ``window``).
     Single and half precision inputs are analysed in double precision (single on
     MPS) and the results returned in the input's precision: the normal equations of
     sharp resonances are too ill-conditioned for float32.
+
+    With ``eps > 0`` every filter returned is strictly stable as returned, in its
+    dtype, at any signal level (:func:`torchlpc.is_stable` holds, and so does
+    ``max |root| < 1`` computed from the rounded coefficients). Near-singular
+    frames (a loud pure tone, say) have poles so close to the unit circle and to
+    each other that rounding the coefficients, to float32 or within the
+    recursion, can push one outside; such a frame's poles are pulled inward,
+    ``A[i-1] * g**i`` with ``g`` the nearest to 1 of ``1 - 4 eps, 1 - 8 eps, ...``
+    (``eps`` the dtype's machine epsilon) that makes the rounded filter stable.
+    Its gain is left as computed.
 
     Args:
         x: signal, real or complex.
@@ -246,7 +294,7 @@ def lpc_analysis(
     r = torch.stack(lags, dim=-1) / w.square().sum()
     A, error = levinson_durbin(r, order, eps=eps)
     gain = error.clamp_min(0).sqrt()
-    return A.to(dtype), gain.to(real_dtype)
+    return _rounded_stable(A, dtype), gain.to(real_dtype)
 
 
 def upsample_coefficients(
