@@ -10,16 +10,22 @@ inside the unit circle to outside it, and signal levels from tiny to overflowing
 (PyTorch has no negative strides, so a "reversed view" is a flip, which copies.)
 
 For each draw the same public call runs on numba, chunked (and, with real dtypes
-and short T, the Triton kernels under TRITON_INTERPRET=1), and on the reference
-backend (the plain loop over time) twice: on the inputs cast to float64 (the
-truth) and in the dtype itself. Outputs, zf and the gradients with respect to x,
-A and zi are checked sequence by sequence: a backend's error against the truth
-must be at most ``FACTOR`` times the reference loop's own error on the same
-input, plus a few units in the last place (ill-conditioned filters amplify
-rounding in every implementation, and the loop's error measures how much). A
-sequence on which the reference loop in the dtype itself is not finite is not
-held to a bound; every other sequence must stay finite, so NaN and Inf never
-leak from one sequence to another (checked on its own too).
+and short T, the Triton kernels under TRITON_INTERPRET=1) and on the reference
+backend (the plain loop over time) in the dtype itself; the truth is the same
+computation in long double, by loops over time, on the inputs as rounded to the
+dtype. Outputs, zf and the gradients with respect to x, A and zi are checked
+sequence by sequence: a backend's error against the truth must be at most
+``FACTOR`` times the reference loop's own error, plus ``ULPS`` units in the last
+place (ill-conditioned filters amplify rounding in every implementation, and
+the loop's error measures how much). The loop's error is the larger of two
+samples: on the inputs, and on the inputs rounded the other way in about half
+of their values (one sample alone is sometimes luckily small). A sequence on
+which the loop is not finite is held to nothing; unstable filters (poles at
+radius 1 and beyond, which grow until they overflow) are outside the accuracy
+contract, and their bound is loosened by the square root of an ulp, which only
+garbage exceeds; on every other one the
+backend must be finite, so NaN and Inf never leak from one sequence to another
+(checked on its own too, bit for bit).
 
 Profiles: ``ci`` (the default; derandomised, about a minute) and ``long``
 (``HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py``).
@@ -168,8 +174,8 @@ def _laid_out(value, layout):
         return value.transpose(-1, -2).contiguous().transpose(-1, -2)
     if layout == "expanded" and value.dim() >= 2 and value.shape[0] > 1:
         # Expanded over the first batch dim: every batch element the same.
-        return value[:1].expand(value.shape)
-    return value.contiguous()
+        return value[:1].clone().expand(value.shape)
+    return value.clone(memory_format=torch.contiguous_format)
 
 
 def _inputs(call):
@@ -304,21 +310,25 @@ def _ulp(dtype):
     return torch.finfo(real).eps
 
 
-def _check_against_reference(call, results, truth, loop, name):
-    """Every sequence whose loop result in the dtype is finite: the backend's is
-    finite and within FACTOR x the loop's error + ULPS ulps of the truth."""
+def _check_against_reference(call, results, truth, loop_errors, name):
+    """Every sequence on which the loop in the dtype is finite: the backend's
+    result is within FACTOR x the loop's error + ULPS ulps of the truth."""
     batch = call["batch"]
     for key, expected in truth.items():
-        got, own = results[key], loop[key]
+        got = results[key]
         if expected is None:
             assert got is None, f"{name}: {key} returned where none was expected"
             continue
         assert got.shape == expected.shape and got.dtype == call["dtype"], (
             f"{name}: {key} {tuple(got.shape)} {got.dtype}, expected {tuple(expected.shape)} {call['dtype']}"
         )
-        loop_error = _row_errors(own, expected, batch)
+        loop_error = loop_errors[key]
         backend_error = _row_errors(got, expected, batch)
         bound = FACTOR * loop_error + ULPS * _ulp(call["dtype"])
+        if call["radius"] >= 1:
+            # Unstable filters are outside the accuracy contract (issue 15 bounds
+            # stable ones): there only garbage fails.
+            bound = bound + math.sqrt(_ulp(call["dtype"]))
         truth_finite = torch.isfinite(_rows(expected, batch)).all(1)
         held = torch.isfinite(loop_error) & truth_finite
         bad = held & ~(backend_error <= bound)
@@ -332,12 +342,41 @@ def _check_against_reference(call, results, truth, loop, name):
 def _check_call(call, backends):
     x, A, zi, grad_y, grad_zf = _inputs(call)
     truth = _long_double_truth(call, x, A, zi, grad_y, grad_zf)
-    with backend("reference"):
-        loop = _run(call, x, A, zi, grad_y, grad_zf, call["dtype"])
+    loop_errors = _loop_errors(call, x, A, zi, grad_y, grad_zf, truth)
+    # One sample of the loop's error can be luckily small; a second rounding of
+    # the same inputs (each value moved by about an ulp) gives a second sample.
+    nudged = _nudged(call, x, A, zi)
+    second = _loop_errors(call, *nudged, grad_y, grad_zf, _long_double_truth(call, *nudged, grad_y, grad_zf))
+    for key, errors in second.items():
+        loop_errors[key] = torch.maximum(loop_errors[key], errors)
     for name in backends:
         with backend(name):
             results = _run(call, x, A, zi, grad_y, grad_zf, call["dtype"])
-        _check_against_reference(call, results, truth, loop, name)
+        _check_against_reference(call, results, truth, loop_errors, name)
+
+
+def _nudged(call, x, A, zi):
+    generator = torch.Generator().manual_seed(call["seed"] + 1)
+    ulp = _ulp(call["dtype"])
+
+    def nudge(value):
+        if value is None:
+            return None
+        sign = torch.randint(0, 2, value.shape, generator=generator, dtype=torch.int8) * 2 - 1
+        return value * (1 + ulp * sign.to(torch.float64))
+
+    return nudge(x), nudge(A), nudge(zi)
+
+
+def _loop_errors(call, x, A, zi, grad_y, grad_zf, truth):
+    """Per output, per sequence: the reference loop's error in the dtype itself."""
+    with backend("reference"):
+        loop = _run(call, x, A, zi, grad_y, grad_zf, call["dtype"])
+    return {
+        key: _row_errors(loop[key], expected, call["batch"])
+        for key, expected in truth.items()
+        if expected is not None
+    }
 
 
 @settings(PROFILE)
@@ -378,4 +417,7 @@ def test_non_finite_values_stay_in_their_sequence(call, where, value, name):
             continue
         got = _rows(results[key], call["batch"])[1:]
         expected = _rows(expected, call["batch"])[1:]
-        assert torch.equal(got, expected), f"{name}: {key} of other sequences changed by a {value} in {where}"
+        torch.testing.assert_close(
+            got, expected, rtol=0, atol=0, equal_nan=True,
+            msg=lambda m: f"{name}: {key} of other sequences changed by a {value} in {where}: {m}",
+        )
