@@ -206,9 +206,12 @@ class OnePoleSmoother(nn.Module):
                 f"{name}: the pole {_shape(p)} does not broadcast to the batch shape "
                 f"{tuple(batch)} of x {_shape(x)}."
             )
-        # 1 - p as sigmoid(-logit): a pole that rounds to 1 keeps its gain.
-        gain = torch.sigmoid(-self.logit).to(x.dtype).expand(batch)[..., None]
-        p = p.expand(batch)[..., None]
+        # Unit DC gain for the pole as rounded, 1 - p (exact), except where p
+        # rounded to 1: there 1 - p = sigmoid(-logit) is all the input has.
+        real = x.real.dtype if x.is_complex() else x.dtype
+        pole = self.pole.to(real)
+        gain = torch.where(pole < 1, 1 - pole, torch.sigmoid(-self.logit).to(real)).to(x.dtype)
+        p, gain = p.expand(batch)[..., None], gain.expand(batch)[..., None]
         return linear_recurrence(p, gain * x, zi).to(dtype)
 
     def extra_repr(self) -> str:
