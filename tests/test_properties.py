@@ -1,7 +1,8 @@
 """Property-based tests of every backend against the float64 reference loop.
 
 Hypothesis draws the call: leading batch dims (none, one or two, sizes 0 to 3),
-T (0, 1, shorter than N, up to a few hundred), N (1 to 10), the dtype (float32,
+T (0, 1, shorter than N, up to a few hundred; in the long profile one draw in 50
+is 2^15 or more, for the numba path split over time), N (1 to 10), the dtype (float32,
 float64, complex64, complex128, float16, bfloat16), time-varying or time-invariant
 A (a time dim of size 1, or a row expanded along time with stride 0), the
 layout of every argument (contiguous, a strided slice, a transposed storage,
@@ -65,6 +66,9 @@ _COMMON = dict(
 settings.register_profile("ci", max_examples=150, derandomize=True, **_COMMON)
 settings.register_profile("long", max_examples=2000, **_COMMON)
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# Sequences of 2^15 samples and more, one draw in 50, in the long profile only
+# (the reference loops over time take most of a minute on one such draw).
+LONG_T = PROFILE.max_examples > 500
 # The interpreter runs a few hundred time steps a second.
 TRITON_EXAMPLES = max(PROFILE.max_examples // 4, 1)
 
@@ -140,6 +144,9 @@ def calls(draw, dtypes=REAL + COMPLEX, max_T=300, min_batch=0):
     batch = tuple(draw(st.lists(st.integers(min_batch, 3), min_size=0 if min_batch == 0 else 1, max_size=2)))
     N = draw(st.integers(1, 10))
     T = draw(st.one_of(st.integers(0, 2 * N), st.integers(0, max_T)))
+    if LONG_T and draw(st.integers(0, 49)) == 0:
+        # Long enough for the numba time-invariant path split over threads.
+        T = draw(st.integers(1 << 15, (1 << 15) + 100))
     kind = draw(st.sampled_from(["varying", "invariant", "expanded"]))
     radius = draw(
         st.one_of(

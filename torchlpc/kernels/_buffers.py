@@ -120,7 +120,20 @@ def release_free() -> int:
         for key in [k for k, block in _blocks.items() if not block.lent]:
             released += _blocks.pop(key).nbytes
         _kept_bytes -= released
+    if released:
+        _trim_heap()
     return released
+
+
+def _trim_heap() -> None:
+    # glibc raises its mmap threshold as large blocks are freed, so kept blocks
+    # come to live on the heap, where freeing them does not return the memory to
+    # the system; malloc_trim does.
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (AttributeError, OSError):
+            pass  # not glibc
 
 
 def _drop_oldest(needed: int) -> None:
