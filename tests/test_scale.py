@@ -3,8 +3,9 @@
 * A (1, 2^25 + 7, 64) float32 filter, 2^31 + 448 coefficients, with values only
   in its last few hundred samples, filters and differentiates correctly on the
   numba kernels of order >= 8 (the forward with the newest outputs in registers,
-  the scatter-form backward): the tail matches the reference loop and the rest
-  is exactly zero, so no offset wrapped around 2^31. The zeros are lazily
+  the scatter-form backward): the tail is within 4x the float32 reference loop's
+  error of the float64 one, and the rest is exactly zero, so no offset wrapped
+  around 2^31. The zeros are lazily
   mapped and only read; grad_A is written in full: 8.6 GB, about 9.2 GB peak
   with the signal-sized tensors. Outside CI it is skipped when the machine has
   less than 12 GB available; in CI (CI=true) it must run.
@@ -22,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +31,7 @@ import torchlpc
 from torchlpc import reference
 from torchlpc.kernels import _buffers
 
-from conftest import assert_close, filter_inputs, make_generator, randn
+from conftest import filter_inputs, make_generator, randn, relative_error
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MiB = 1 << 20
@@ -71,7 +73,9 @@ def test_more_than_two_to_the_31_elements():
     grad_tail = randn(1, tail, dtype=torch.float32, generator=make_generator(1))
     x = torch.zeros(1, T)
     x[:, -tail:] = x_tail
-    A = torch.zeros(1, T, N)  # calloc: mapped lazily, the zero page until written
+    # numpy's zeros come from calloc, mapped lazily: reading them maps the zero
+    # page (torch.zeros would write all 8.6 GB).
+    A = torch.from_numpy(np.zeros((1, T, N), dtype=np.float32))
     A[:, -tail:] = A_tail
     x.requires_grad_()
     A.requires_grad_()
@@ -80,15 +84,25 @@ def test_more_than_two_to_the_31_elements():
     grad_y[:, -tail:] = grad_tail
     grad_x, grad_A = torch.autograd.grad(y, [x, A], grad_y)
     del A, x
-    wide = [t.double() for t in (x_tail, A_tail, grad_tail)]
-    zi = torch.zeros(1, N, dtype=torch.float64)
-    y_expected = reference.allpole_reference(wide[0], wide[1], zi)
-    expected = reference.allpole_vjp_reference(wide[2], wide[1], y_expected, zi)
-    assert_close(y[:, -tail:].detach(), y_expected, torch.float32, "y")
-    assert_close(grad_x[:, -tail:], expected[0], torch.float32, "grad_x")
-    assert_close(grad_A[:, -tail:], expected[1], torch.float32, "grad_A")
-    assert _all_zero(y[:, :-tail].detach()) and _all_zero(grad_x[:, :-tail])
-    assert _all_zero(grad_A[:, :-tail])
+    # Order 64 in float32 is ill-conditioned: the bound is the float32 reference
+    # loop's own error on the tail, times 4 (the accuracy contract of issue 15).
+    # The backward pass reaches N samples before the tail: the window is those too.
+    window = tail + N
+    zi = torch.zeros(1, N)
+    padded = [
+        torch.cat([t.new_zeros(1, N, *t.shape[2:]), t], dim=1) for t in (x_tail, A_tail, grad_tail)
+    ]
+    exact, single = [], []
+    for precision, out in ((torch.float64, exact), (torch.float32, single)):
+        x_, A_, g_, zi_ = (t.to(precision) for t in (*padded, zi))
+        y_ = reference.allpole_reference(x_, A_, zi_)
+        out.extend([y_, *reference.allpole_vjp_reference(g_, A_, y_, zi_)[:2]])
+    got = [y[:, -window:].detach(), grad_x[:, -window:], grad_A[:, -window:]]
+    for name, g, e, s in zip(["y", "grad_x", "grad_A"], got, exact, single, strict=True):
+        bound = 4 * relative_error(s, e) + 8 * torch.finfo(torch.float32).eps
+        assert relative_error(g, e) <= bound, f"{name}: {relative_error(g, e):.3g} > {bound:.3g}"
+    assert _all_zero(y[:, :-window].detach()) and _all_zero(grad_x[:, :-window])
+    assert _all_zero(grad_A[:, :-window])
 
 
 def _training_step(x, A, T):
