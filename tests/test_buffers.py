@@ -1,7 +1,7 @@
 """The CPU kernels' cache of output memory (torchlpc/kernels/_buffers.py).
 
-Memory is handed out again only when no tensor, view, saved tensor or NumPy
-array uses it; results never change because memory was reused; the cache stays
+Memory is handed out again only when the storage it was lent to has let go of
+it (see also tests/test_escape.py, with other processes); results never change because memory was reused; the cache stays
 within its limit; ``torchlpc.empty_cpu_cache`` gives everything free back.
 """
 
@@ -129,12 +129,37 @@ def test_empty_cpu_cache_releases_what_no_tensor_uses():
     del used
 
 
-def test_resized_storage_is_not_handed_out():
+def test_memory_moved_to_shared_memory_comes_back():
+    """share_memory_ copies the output into a new shared segment and lets go of the
+    kept memory, which is free again while the shared tensor keeps its values."""
     output = _buffers.new_output((MiB // 4,), torch.float32)
-    output.resize_(MiB // 2)  # a user may; the kept size no longer matches
-    resized_pointer = _pointer(output)
-    del output  # still kept, so its memory cannot come back from the allocator
-    assert _pointer(_buffers.new_output((MiB // 4,), torch.float32)) != resized_pointer
+    output.copy_(torch.arange(MiB // 4, dtype=torch.float32))
+    pointer = _pointer(output)
+    output.share_memory_()
+    assert output.is_shared() and _pointer(output) != pointer
+    again = _buffers.new_output((MiB // 4,), torch.float32)
+    assert _pointer(again) == pointer
+    again.fill_(-1)
+    assert torch.equal(output, torch.arange(MiB // 4, dtype=torch.float32))
+
+
+def test_a_storage_object_holds_memory():
+    output = _buffers.new_output((MiB // 4,), torch.float32)
+    pointer = _pointer(output)
+    storage = output.untyped_storage()
+    del output
+    assert _pointer(_buffers.new_output((MiB // 4,), torch.float32)) != pointer
+    del storage
+    assert _pointer(_buffers.new_output((MiB // 4,), torch.float32)) == pointer
+
+
+def test_kept_memory_cannot_grow():
+    """The price of lending memory through a NumPy array, as torch.from_numpy's."""
+    output = _buffers.new_output((MiB // 4,), torch.float32)
+    with pytest.raises(RuntimeError, match="not resizable"):
+        output.resize_(MiB // 2)
+    output.resize_(10)  # shrinking only changes the view
+    assert output.shape == (10,)
 
 
 @pytest.mark.parametrize("value, limit", [("", 1024 * MiB), ("0", 0), ("1.5", 3 * MiB // 2)])

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -347,3 +348,50 @@ def test_forced_triton_on_cpu_tensors_without_interpreter():
     else:
         assert "CPU tensors need Triton's interpreter" in result.stdout
         assert "TRITON_INTERPRET=1" in result.stdout
+
+
+# ----------------------------------------------------------------------------
+# The table of docs/errors.md: every call on that page, run as written.
+
+ERRORS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+_ROW = re.compile(r"^\|\s*`(?P<call>[^`]+)`\s*\|\s*(?P<raises>\w+)\s*\|\s*`(?P<message>[^`]+)`\s*\|$")
+
+
+def _documented_rows():
+    rows = []
+    for line in ERRORS_PAGE.read_text().splitlines():
+        match = _ROW.match(line.strip())
+        if match:
+            rows.append(pytest.param(*match.group("call", "raises", "message"), id=match["call"]))
+    return rows
+
+
+def _documented_namespace():
+    """What the page's setup block defines (its first Python block)."""
+    text = ERRORS_PAGE.read_text()
+    setup = re.search(r"```python\n(.*?)```", text, re.S)[1]
+    namespace = {}
+    exec(compile(setup, str(ERRORS_PAGE), "exec"), namespace)
+    return namespace
+
+
+DOCUMENTED = _documented_rows()
+
+
+@pytest.mark.parametrize("call, raises, message", DOCUMENTED)
+def test_documented_error(call, raises, message):
+    namespace = _documented_namespace()
+    with pytest.raises((TypeError, ValueError)) as info:
+        eval(call, namespace)
+    assert type(info.value).__name__ == raises, f"{call} raised {info.type.__name__}: {info.value}"
+    assert message in str(info.value), f"{call}: {info.value}"
+
+
+def test_every_public_function_is_in_the_table():
+    import torchlpc
+    import torchlpc.nn
+
+    public = [name for name in torchlpc.__all__ if name != "nn"] + list(torchlpc.nn.__all__)
+    called = {re.match(r"\w+", row.values[0])[0] for row in DOCUMENTED}
+    assert set(public) <= called, f"not in docs/errors.md: {sorted(set(public) - called)}"
+    assert len(DOCUMENTED) >= 90

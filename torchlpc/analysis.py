@@ -15,6 +15,7 @@ filtering and :func:`torchlpc.sample_wise_lpc` round-trip.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -38,6 +39,13 @@ def _check_positive_int(function: str, name: str, value) -> None:
         raise TypeError(f"{function}: {name} must be an int, got {type(value).__name__}.")
     if value < 1:
         raise ValueError(f"{function}: {name} must be at least 1, got {value}.")
+
+
+def _check_eps(function: str, eps) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{function}: eps must be a real number, got {type(eps).__name__}.")
+    if not eps >= 0:
+        raise ValueError(f"{function}: eps must be non-negative, got {eps}.")
 
 
 def levinson_durbin(r: Tensor, order: int | None = None, eps: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -86,8 +94,7 @@ def levinson_durbin(r: Tensor, order: int | None = None, eps: float = 0.0) -> tu
             f"{name}: order {order} needs r[0] .. r[{order}], but r {_shape(r)} has "
             f"{r.shape[-1]} lags."
         )
-    if not eps >= 0:
-        raise ValueError(f"{name}: eps must be non-negative, got {eps}.")
+    _check_eps(name, eps)
     error = r[..., 0].real + eps
     A = r[..., :0]
     for m in range(1, order + 1):
@@ -162,6 +169,9 @@ def _window(name: str, window, frame_length: int, x: Tensor) -> Tensor:
         raise TypeError(f"{name}: window must be real floating point, got {window.dtype}.")
     if window.device != x.device:
         raise ValueError(f"{name}: window is on {window.device} but x is on {x.device}.")
+    # Every frame would weigh nothing and the autocorrelations divide by that.
+    if not bool(window.ne(0).any()):
+        raise ValueError(f"{name}: window is all zeros; no frame would have any weight.")
     return window.to(real)
 
 
@@ -245,8 +255,7 @@ def lpc_analysis(
             f"{name}: frame_length {frame_length} is too short for order {order}; it must be "
             "at least order + 1."
         )
-    if not eps >= 0:
-        raise ValueError(f"{name}: eps must be non-negative, got {eps}.")
+    _check_eps(name, eps)
     if pad_mode not in _PAD_MODES:
         raise ValueError(
             f"{name}: pad_mode must be one of {', '.join(_PAD_MODES)}; got {pad_mode!r}."

@@ -46,6 +46,12 @@ def _abs2(z: Tensor) -> Tensor:
     return z.square()
 
 
+def _check_flag(function: str, name: str, value) -> None:
+    """A bool argument: a truthy string or tensor would otherwise pass silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{function}: {name} must be a bool, got {type(value).__name__}.")
+
+
 def _check_vector(function: str, name: str, value, shape: str = "(*, N)") -> None:
     _check_tensor(function, name, value)
     if value.dim() < 1:
@@ -151,6 +157,7 @@ def lpc_to_reflection(A: Tensor, check: bool = True) -> Tensor:
         tensor([0.5000, 0.2500])
     """
     _check_vector("lpc_to_reflection", "A", A)
+    _check_flag("lpc_to_reflection", "check", check)
     k, stable = _step_down(A, safe=False)
     if check and not bool(stable.all()):
         unstable = int((~stable).sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .coefficients import _check_flag
 from .functional import (
     _COMPUTED_IN_FLOAT32,
     _check_same_dtype_and_device,
@@ -117,6 +118,7 @@ def lfilter(
     name = "lfilter"
     for arg, value in (("b", b), ("a", a), ("x", x)):
         _check_tensor(name, arg, value)
+    _check_flag(name, "return_zf", return_zf)
     if x.dim() < 1:
         raise ValueError(f"{name}: x must have shape (*, T), got a 0-dimensional tensor.")
     b, a = _as_coefficients("b", b), _as_coefficients("a", a)

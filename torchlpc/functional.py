@@ -274,11 +274,21 @@ def empty_cpu_cache() -> int:
     ``grad_A``) from memory that they keep once the tensor is freed, so that the
     next call of a training loop writes to memory that is already mapped rather
     than taking a page fault per 4 KiB on it (on the benchmark machine up to 40%
-    of a forward+backward pass). Memory that a tensor, a view, a saved tensor or
-    a NumPy array still uses is never handed out again. At most
-    ``TORCHLPC_CPU_CACHE_MB`` MiB are kept (read when the CPU kernels are first
-    used; 1024 by default, 0 turns the cache off), the least recently used
-    dropped first.
+    of a forward+backward pass). At most ``TORCHLPC_CPU_CACHE_MB`` MiB are kept
+    (read when the CPU kernels are first used; 1024 by default, 0 turns the
+    cache off), the least recently used dropped first.
+
+    No tensor torchlpc returns ever changes after it is returned, whatever is
+    done with it: the memory comes back to the cache only when its storage is
+    destroyed (nothing in this process refers to it any more: no tensor, view,
+    storage object, saved tensor, NumPy array, ``memoryview`` or DLPack capsule;
+    a weak reference to the storage dies with it) or when the storage moves its
+    data elsewhere (``share_memory_``, which ``torch.multiprocessing`` queues and
+    pipes and DataLoader workers use, copies it into a new shared segment).
+    Other processes never see the kept memory, and a forked child writes to its
+    own copy. A raw address (``data_ptr()``) holds nothing, as with
+    ``torch.empty``. Such an output's storage cannot grow: ``resize_`` to a
+    larger size raises, as for a tensor made by ``torch.from_numpy``.
 
     Like ``torch.cuda.empty_cache`` for CUDA memory, this gives back everything
     no tensor uses, e.g. after training and before other work that needs it.

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .analysis import _UPSAMPLE_MODES, _check_positive_int, upsample_coefficients
+from .coefficients import _check_flag
 from .functional import (
     _COMPUTED_IN_FLOAT32,
     _check_same_dtype_and_device,
@@ -80,6 +81,7 @@ class AllPoleSynthesis(nn.Module):
         name = "AllPoleSynthesis"
         _check_tensor(name, "excitation", excitation)
         _check_tensor(name, "frame_coefficients", frame_coefficients)
+        _check_flag(name, "return_zf", return_zf)
         if excitation.dim() < 1:
             raise ValueError(
                 f"{name}: excitation must have shape (*, T), got a 0-dimensional tensor."
@@ -119,6 +121,15 @@ class OnePoleSmoother(nn.Module):
         pole: initial pole ``p``, strictly between 0 and 1: a float, or a tensor
             of poles that broadcasts to the batch shape of the input, e.g. ``(C,)``,
             one pole per channel, for input ``(B, C, T)``. Default: ``0.9``.
+            The value is checked as passed (a float in double precision), and
+            the module keeps ``theta`` (in the default dtype, or the tensor's),
+            which holds poles much closer to 0 and 1 than the pole itself can be
+            held in that dtype. A pole that rounds to 1 there (``1 - 1e-9`` in
+            float32) runs as a pole of exactly 1 with its input gain
+            ``1 - p = sigmoid(-theta)`` (``1e-9``) intact: an integrator of
+            ``(1 - p) x``, which is what the smoother is to that precision over
+            any length much shorter than ``1 / (1 - p)`` samples. A pole that
+            rounds to 0 (``1e-50``) gives ``y = x``, likewise.
         learnable: make ``theta`` an ``nn.Parameter``; otherwise it is a buffer.
             Default: ``True``.
 
@@ -139,21 +150,26 @@ class OnePoleSmoother(nn.Module):
     def __init__(self, pole: float | Tensor = 0.9, learnable: bool = True) -> None:
         super().__init__()
         name = "OnePoleSmoother"
+        _check_flag(name, "learnable", learnable)
         if isinstance(pole, Tensor):
             if pole.is_complex() or not pole.is_floating_point():
                 raise TypeError(
                     f"{name}: pole must be a real floating point tensor, got {pole.dtype}."
                 )
-            pole = pole.detach().clone()
+            dtype, shown = pole.dtype, None
+            exact = pole.detach().to(torch.float64)
         elif isinstance(pole, (float, int)) and not isinstance(pole, bool):
-            pole = torch.tensor(float(pole))
+            dtype, shown = torch.get_default_dtype(), repr(float(pole))
+            exact = torch.tensor(float(pole), dtype=torch.float64)
         else:
             raise TypeError(f"{name}: pole must be a float or a tensor, got {type(pole).__name__}.")
-        if not bool(((pole > 0) & (pole < 1)).all()):
-            raise ValueError(
-                f"{name}: pole must lie strictly between 0 and 1, got {pole.tolist()}."
-            )
-        logit = torch.logit(pole)
+        # Checked as passed, before any rounding to the module's dtype.
+        if not bool(((exact > 0) & (exact < 1)).all()):
+            shown = shown if shown is not None else str(pole.tolist())
+            raise ValueError(f"{name}: pole must lie strictly between 0 and 1, got {shown}.")
+        # The logit, taken in double precision, holds poles far closer to 0 and 1
+        # than the pole itself can in the dtype (see the class docstring).
+        logit = torch.logit(exact).to(dtype).to(exact.device)
         if learnable:
             self.logit = nn.Parameter(logit)
         else:
@@ -190,8 +206,13 @@ class OnePoleSmoother(nn.Module):
                 f"{name}: the pole {_shape(p)} does not broadcast to the batch shape "
                 f"{tuple(batch)} of x {_shape(x)}."
             )
-        p = p.expand(batch)[..., None]
-        return linear_recurrence(p, (1 - p) * x, zi).to(dtype)
+        # Unit DC gain for the pole as rounded, 1 - p (exact), except where p
+        # rounded to 1: there 1 - p = sigmoid(-logit) is all the input has.
+        real = x.real.dtype if x.is_complex() else x.dtype
+        pole = self.pole.to(real)
+        gain = torch.where(pole < 1, 1 - pole, torch.sigmoid(-self.logit).to(real)).to(x.dtype)
+        p, gain = p.expand(batch)[..., None], gain.expand(batch)[..., None]
+        return linear_recurrence(p, gain * x, zi).to(dtype)
 
     def extra_repr(self) -> str:
         shape = tuple(self.logit.shape)
