@@ -22,6 +22,14 @@ A is time-invariant), and what is left pending on times ``-1 ... -N`` after
 ``t = 0`` is ``grad_zi``. A time-invariant A, ``(B, 1, N)``, is read with a time
 stride of zero.
 
+Both runs over time take blocks of BT steps: the next block's coefficient rows,
+a ``[BT, BN]`` tile already rotated for each step's ring phase, and its BT inputs
+are loaded while the recursion runs over the current block from registers, so
+that no step waits on global memory; a block's outputs (and, backwards, its
+``[BT, BN]`` tile of ``grad_A``, which is off the recursion's path) are written
+after it. Each step takes its row from the tile with a masked sum over the BT
+rows, which in the compiled kernel is a select in registers and a shuffle.
+
 Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
 
 ``sequential``
@@ -60,8 +68,9 @@ Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
 ``choose_triton_variant(B, T, N, device)`` picks one. Sequential when the batch
 alone gives enough programs (``B >= 2 * SMs``), when ``N > 32`` (the chunked
 variant does ``N + 2`` times the work, and its float64 ``[BN, BN]`` block needs
-four warps not to spill at ``BN = 64``: 96 to 111 registers at N = 32 with one
-warp, by ptxas for sm_90) or when ``T < 1024``; otherwise chunked,
+four warps not to spill at ``BN = 64``; at N = 32 with one warp the chunk-state
+kernels take 124 and 146 registers, by ptxas for sm_90) or when ``T < 1024``;
+otherwise chunked,
 with ``L`` the power of two nearest ``max(sqrt(16 T), B T / (4 SMs))``, at least
 64: chunks long enough that the scan over ``C = T / L`` chunks (a latency-bound
 ``N x N`` product per chunk) stays short next to one chunk's work, and enough
@@ -77,6 +86,14 @@ constant; offsets are 64-bit; there are no atomics (the
 time-invariant ``grad_A`` of the chunked path is one partial sum per chunk,
 added up afterwards). Complex dtypes are not supported: Triton has no complex
 type, and :func:`why_unusable` says so, so that the dispatcher can fall back.
+
+Every call runs a launch plan (:func:`forward_plan`, :func:`backward_plan`: each
+kernel with its constexprs, warps, stages and fp-fusion), which
+``tests/test_triton_compile.py`` and ``benchmarks/triton_resources.py`` compile for
+sm_80, sm_90 and sm_120 without a GPU (:func:`every_plan`, :func:`compile_launch`);
+docs/performance.md has the registers, spills and loads per loop ptxas gives them.
+Orders up to :data:`MAX_ORDER` (sequential) and :data:`MAX_CHUNKED_ORDER`
+(chunked) are taken; beyond, the blocks would not fit in registers.
 
 Kernels are compiled on first use. On CPU tensors they run only under Triton's
 interpreter, which must be switched on (``TRITON_INTERPRET=1``) before this
