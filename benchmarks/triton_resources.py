@@ -137,7 +137,7 @@ def _compile_one(index: int, orders, capability: int) -> tuple[int, int, dict]:
 
 
 def compile_all(orders=ORDERS, capabilities=CAPABILITIES, jobs: int | None = None, only=None):
-    """``[(name, launch, capability, resources)]`` for every variant, compiled in ``jobs`` processes.
+    """``[(name, launch, capability, resources)]`` of every variant, compiled in ``jobs`` processes.
 
     ``only(name, launch, capability)``, if given, picks the variants to compile.
     """
