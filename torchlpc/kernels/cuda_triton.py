@@ -1085,9 +1085,11 @@ def _execute(plan: Plan, tensors: dict, B: int, C: int, N: int, T: int, L: int) 
         constexprs = launch.constexprs
         if interpreted and "BT" in constexprs:
             # The interpreter runs every step of a block, masked or not, at a
-            # Python call per operation; the tests' short rows take small blocks
-            # (the same code; tests/test_triton_compile.py compiles the real ones).
-            constexprs = dict(constexprs, BT=min(constexprs["BT"], _INTERPRETED_BLOCK))
+            # Python call per operation; the tests' short rows and chunks take
+            # small blocks (the same code; tests/test_triton_compile.py compiles
+            # the real ones).
+            BT = min(constexprs["BT"], _INTERPRETED_BLOCK, triton.next_power_of_2(L))
+            constexprs = dict(constexprs, BT=BT)
         launch.kernel[grid](*args, **constexprs, **launch.options)
 
 
