@@ -16,7 +16,15 @@ import fnmatch
 import zlib
 from dataclasses import asdict, dataclass
 
-__all__ = ["Case", "FULL_CASES", "QUICK_CASES", "GPU_CASES", "GPU_QUICK_CASES", "select_cases"]
+__all__ = [
+    "Case",
+    "FULL_CASES",
+    "QUICK_CASES",
+    "GPU_CASES",
+    "GPU_QUICK_CASES",
+    "GPU_TINY_CASES",
+    "select_cases",
+]
 
 _ITEMSIZE = {"float32": 4, "float64": 8}
 
@@ -137,13 +145,21 @@ GPU_QUICK_CASES: list[Case] = [
 ]
 
 
+# Smaller still, for the GPU protocol under Triton's interpreter, which runs a few
+# hundred time steps a second (tests/test_gpu_suite.py runs benchmarks/gpu_run.sh so).
+GPU_TINY_CASES: list[Case] = [
+    *_allpole("time-varying", [(1, 32, 2)]),
+    *_allpole("time-invariant", [(1, 16, 2)], time_invariant=True),
+]
+
+
 def select_cases(
-    patterns: list[str] | None, quick: bool = False, gpu: bool = False
+    patterns: list[str] | None, quick: bool = False, gpu: bool = False, tiny: bool = False
 ) -> list[Case]:
-    """The registry (the GPU one with ``gpu``), or the cases whose name matches one of
-    the shell-style patterns."""
+    """The registry (the GPU one with ``gpu``, its tiny one with ``tiny`` too), or the
+    cases whose name matches one of the shell-style patterns."""
     if gpu:
-        cases = GPU_QUICK_CASES if quick else GPU_CASES
+        cases = GPU_TINY_CASES if tiny else GPU_QUICK_CASES if quick else GPU_CASES
     else:
         cases = QUICK_CASES if quick else FULL_CASES
     if not patterns:

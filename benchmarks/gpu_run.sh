@@ -21,7 +21,10 @@
 #
 # Environment: PYTHON (default python3), GPU_RUN_BUDGET (seconds for the whole script,
 # default 450), RUN_ARGS (default "--device cuda"; "--device cpu --gpu-cases --quick"
-# tries this script without a GPU), GPU_RUN_MODE=build (only build the peers, allowing
+# tries this script without a GPU: tests/test_gpu_suite.py runs it so in CI, with
+# TRITON_INTERPRET=1 TORCHLPC_BACKEND=triton), GPU_RUN_RESULTS (the runner's results
+# and logs, default benchmarks/results), GPU_PEERS_VENV (default
+# benchmarks/.gpu-peers-venv), GPU_RUN_MODE=build (only build the peers, allowing
 # each build PEER_BUILD_TIMEOUT, default 540 s, and bring their wheels back: for when a
 # first run's builds did not finish in the time a full run leaves them), and
 # gpu_peers.sh's variables.
@@ -36,8 +39,8 @@ out="$(cd "$out" && pwd)"
 python="${PYTHON:-python3}"
 budget="${GPU_RUN_BUDGET:-450}"
 read -r -a run_args <<<"${RUN_ARGS:---device cuda}"
-venv=benchmarks/.gpu-peers-venv
-results=benchmarks/results
+venv="${GPU_PEERS_VENV:-benchmarks/.gpu-peers-venv}"
+results="${GPU_RUN_RESULTS:-benchmarks/results}"
 export PYTHON="$python" PYTHONUNBUFFERED=1
 if ! git rev-parse HEAD >/dev/null 2>&1 && [ -s benchmarks/.carry/REVISION ]; then
     BENCHMARK_REVISION="$(cat benchmarks/.carry/REVISION)"
@@ -93,7 +96,7 @@ for name in ("triton", "numba", "torchaudio"):
     touch "$marker"
     timeout --kill-after=10 $((left - 15 > 60 ? left - 15 : 60)) \
         "$python" -m benchmarks.run "${run_args[@]}" --peers-python "$venv/bin/python" \
-        --time-limit $((left - 100 > 0 ? left - 100 : 0))
+        --out "$results" --time-limit $((left - 100 > 0 ? left - 100 : 0))
     status=$?
     if [[ " ${run_args[*]} " == *" cuda "* ]]; then
         if [ "$results/latest-cuda.json" -nt "$marker" ]; then
@@ -116,7 +119,7 @@ for name in ("triton", "numba", "torchaudio"):
     echo "== report ($((SECONDS - start)) s)"
     if [[ " ${run_args[*]} " == *" cuda "* ]]; then
         if [ -n "$fresh" ]; then
-            "$python" -m benchmarks.report \
+            "$python" -m benchmarks.report --gpu-input "$fresh" \
                 && sed -n '/^## GPU/,/^### Time-varying/p' BENCHMARKS.md
             cp BENCHMARKS.md "$fresh" "$out/"
             [ -f "$results/throughput-cuda.png" ] && cp "$results/throughput-cuda.png" "$out/"

@@ -745,8 +745,9 @@ class GpuReport(Report):
             f"{settings['warmup']} warm-up call(s) and up to {settings['repeat']} timed calls "
             f"(at least {settings['min_repeat']}, aiming at {settings['budget']} s per "
             f"implementation), in up to {settings['rounds']} rounds with the implementations in "
-            "rotating order. Each timed call is bracketed by `torch.cuda.synchronize()`: its "
-            "time is what a caller who waits for the result sees, launch overheads included.",
+            "rotating order. Each timed call starts on an idle device (after "
+            "`torch.cuda.synchronize()`) and is timed by CUDA events recorded before and after "
+            "it: launch overheads are included, as the device waits for them.",
             "- Time-invariant cases give torchlpc A of shape (B, 1, N); the peers get "
             "`A.expand(B, T, N)` inside the timed call. torchaudio's lfilter gets a = [1, A], "
             "b = [1, 0, …, 0] and `clamp=False`; it has no initial state, so zi is folded into "

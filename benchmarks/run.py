@@ -390,6 +390,11 @@ def _parse(argv):
     parser.add_argument(
         "--quick", action="store_true", help="tiny cases and few repetitions (smoke test)"
     )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="with --gpu-cases: --quick on cases small enough for Triton's interpreter",
+    )
     parser.add_argument("--cases", nargs="+", metavar="NAME", help="case names or shell patterns")
     parser.add_argument(
         "--repeat", type=int, help="most timed calls per implementation, mode and case"
@@ -434,6 +439,7 @@ def _parse(argv):
     )
     args = parser.parse_args(argv)
     args.gpu_cases = args.gpu_cases or args.device == "cuda"
+    args.quick = args.quick or args.tiny
     if args.peers_python is None:
         args.peers_python = DEFAULT_GPU_PEERS_PYTHON if args.gpu_cases else DEFAULT_PEERS_PYTHON
     # Workers start in a temporary directory. absolute(), not resolve(): a venv's
@@ -577,7 +583,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     try:
-        cases = select_cases(args.cases, args.quick, gpu=args.gpu_cases)
+        cases = select_cases(args.cases, args.quick, gpu=args.gpu_cases, tiny=args.tiny)
     except ValueError as error:
         print(f"benchmarks.run: {error}", file=sys.stderr)
         return 2

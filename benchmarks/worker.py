@@ -24,8 +24,8 @@ GPU cases (the runner's ``--device cuda``, or ``--device cpu --gpu-cases`` to ru
 same protocol on CPU tensors): the environment says ``BENCHMARK_DEVICE`` (``cuda`` or
 ``cpu``) and ``BENCHMARK_GPU_CASES=1``. Inputs are then built on the device; prepare
 also makes one full-size forward+backward call, so that every kernel the case needs
-(Triton's, numba's) is compiled before anything is timed; each timed call is
-bracketed by ``torch.cuda.synchronize()``; and each timed forward+backward call on
+(Triton's, numba's) is compiled before anything is timed; each timed call starts
+on an idle device and is timed with CUDA events around it; and each timed forward+backward call on
 CUDA records the peak of ``torch.cuda.max_memory_allocated`` above what was allocated
 before it, so no separate memory pass is needed.
 """
@@ -532,11 +532,16 @@ class Session:
         return {"times": times}
 
     def _time_on_device(self, mode, number, tensors):
-        """Each call between two ``torch.cuda.synchronize()``: the time from launch to
-        the last kernel's end, as a caller who waits for the result sees it. On CUDA,
+        """Each call on an idle device: on CUDA the time between two CUDA events
+        recorded on the stream before and after it (launch overheads included, as the
+        device waits for them), on CPU tensors the wall-clock time. On CUDA,
         forward+backward calls also give the peak device memory each one allocated
         beyond what was allocated before it (max over the calls)."""
-        track_memory = DEVICE == "cuda" and mode == "backward"
+        on_cuda = DEVICE == "cuda"
+        track_memory = on_cuda and mode == "backward"
+        if on_cuda:
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
         times, peak_extra = [], 0
         gc.collect()
         gc.disable()
@@ -548,10 +553,17 @@ class Session:
                 if track_memory:
                     torch.cuda.reset_peak_memory_stats()
                     before = torch.cuda.memory_allocated()
-                start = time.perf_counter()
-                y = self._call(self.case, tensors, self.fn, mode, tensors["grad_y"])
-                _synchronize()
-                times.append(time.perf_counter() - start)
+                if on_cuda:
+                    start_event.record()
+                    y = self._call(self.case, tensors, self.fn, mode, tensors["grad_y"])
+                    end_event.record()
+                    end_event.synchronize()
+                    times.append(start_event.elapsed_time(end_event) / 1e3)
+                else:
+                    start = time.perf_counter()
+                    y = self._call(self.case, tensors, self.fn, mode, tensors["grad_y"])
+                    _synchronize()
+                    times.append(time.perf_counter() - start)
                 if track_memory:
                     peak_extra = max(peak_extra, torch.cuda.max_memory_allocated() - before)
                 del y

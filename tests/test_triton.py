@@ -219,6 +219,71 @@ def test_chunked_float32_as_accurate_as_sequential():
     assert worst_error(chunks_of(16)) <= 4 * worst_error(SEQUENTIAL)
 
 
+def designed_filter(kind):
+    """``(a, time_invariant)``: the denominator of a real filter design, or a resonator."""
+    import scipy.signal
+
+    if kind == "cheby1":
+        return scipy.signal.cheby1(6, 1, 0.1)[1]
+    if kind == "butter":
+        return scipy.signal.butter(8, 0.05)[1]
+    # Two resonators at radius 0.9995, one pole pair each.
+    a = np.array([1.0])
+    for angle in (0.05, 0.3):
+        a = np.convolve(a, [1, -2 * 0.9995 * math.cos(angle), 0.9995**2])
+    return a
+
+
+@requires_kernels
+@pytest.mark.parametrize(
+    "kind, time_invariant",
+    [
+        pytest.param("cheby1", False, id="cheby1-tv"),
+        pytest.param("butter", True, id="butter-ti"),
+        pytest.param(
+            "resonators",
+            False,
+            id="resonators-tv",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known: on two resonators at radius 0.9995 the scatter-form backward "
+                "(both variants, before and after the blocked kernels alike) gives grad_zi "
+                "3 to 10 times the plain recursion's error",
+            ),
+        ),
+    ],
+)
+def test_float32_real_filters_within_4x_of_the_plain_recursion(kind, time_invariant):
+    # Every path's float32 error on real designs (low cutoffs, poles near the
+    # unit circle) is within 4x of the plain float32 recursion's: the reference
+    # loop run in float32. Errors against the float64 reference, relative to
+    # its largest magnitude, over y and every gradient.
+    B, T = 1, 128
+    a = torch.from_numpy(designed_filter(kind)[1:])
+    N = a.numel()
+    generator = make_generator(40)
+    x, grad_y = (randn(B, T, dtype=torch.float64, generator=generator) for _ in range(2))
+    zi = randn(B, N, dtype=torch.float64, generator=generator)
+    A = a.expand(B, 1 if time_invariant else T, N).contiguous()
+    y64 = allpole_reference(x, A, zi)
+    expected = [y64, *allpole_vjp_reference(grad_y, A, y64, zi)]
+
+    def error(results):
+        return max(
+            ((r.cpu().double() - e).abs().max() / e.abs().max()).item()
+            for r, e in zip(results, expected, strict=True)
+        )
+
+    x32, A32, zi32, grad_y32 = (t.float() for t in (x, A, zi, grad_y))
+    y32 = allpole_reference(x32, A32, zi32)
+    plain = error([y32, *allpole_vjp_reference(grad_y32, A32, y32, zi32)])
+    args = [t.to(DEVICE) for t in (x32, A32, zi32, grad_y32)]
+    for variant in (SEQUENTIAL, chunks_of(40)):
+        y = cuda_triton.allpole(*args[:3], **variant)
+        grads = cuda_triton.allpole_vjp(args[3], args[1], y, args[2], True, **variant)
+        assert error([y, *grads]) <= 4 * plain, (variant, error([y, *grads]), plain)
+
+
 @requires_kernels
 @pytest.mark.parametrize("variant", [SEQUENTIAL, chunks_of(3)], ids=["seq", "chunked"])
 def test_strided_inputs(variant):
@@ -294,13 +359,14 @@ def test_half_precision_is_refused_before_launch():
 @pytest.mark.parametrize(
     "N, variant, message",
     [
-        pytest.param(1025, chunks_of(2), "N can be at most 1024, not 1025", id="chunked"),
-        pytest.param((1 << 20) + 1, SEQUENTIAL, "N can be at most 1048576", id="sequential"),
+        pytest.param(65, chunks_of(2), "N can be at most 64, not 65", id="chunked"),
+        pytest.param(4097, SEQUENTIAL, "N can be at most 4096, not 4097", id="sequential"),
     ],
 )
-def test_order_too_large_for_a_block_is_refused_before_launch(N, variant, message):
-    # Triton blocks hold at most 2**20 elements: the chunked kernels' N x N
-    # transition matrix, and every kernel's ring of the last N values.
+def test_order_too_large_for_registers_is_refused_before_launch(N, variant, message):
+    # The chunked kernels hold an N x N float64 transition matrix in registers,
+    # and every kernel the last N values (tests/test_triton_compile.py checks
+    # that the largest orders compile).
     x = torch.zeros(1, 3, dtype=torch.float32, device=DEVICE)
     A = torch.zeros(1, 1, N, dtype=torch.float32, device=DEVICE)
     zi = torch.zeros(1, N, dtype=torch.float32, device=DEVICE)
@@ -311,9 +377,24 @@ def test_order_too_large_for_a_block_is_refused_before_launch(N, variant, messag
 
 
 @requires_kernels
+def test_chunks_whose_scratch_outweighs_the_inputs_are_refused_before_launch():
+    # Chunks of one step at N = 64: 8 B C N (N + 3) bytes of float64 states and
+    # transition matrices, 65 MiB here, against 0.5 MiB of inputs.
+    B, T, N = 1, 2000, 64
+    assert cuda_triton.chunked_scratch_bytes(B, T, N) > 1 << 26
+    x = torch.zeros(B, T, dtype=torch.float32, device=DEVICE)
+    A = torch.zeros(B, T, N, dtype=torch.float32, device=DEVICE)
+    zi = torch.zeros(B, N, dtype=torch.float32, device=DEVICE)
+    with pytest.raises(ValueError, match="use longer chunks"):
+        cuda_triton.allpole(x, A, zi, chunk_size=1)
+    with pytest.raises(ValueError, match="use longer chunks"):
+        cuda_triton.allpole_vjp(x, A, x, zi, True, chunk_size=1)
+
+
+@requires_kernels
 def test_chunked_at_the_largest_order():
-    # N = 1024 fills a transition-matrix block exactly; T < N, two chunks.
-    run(1, 3, 1024, True, torch.float64, **chunks_of(2))
+    # N = 64 is the chunked kernels' largest order; T < N, two chunks.
+    run(1, 3, 64, True, torch.float64, **chunks_of(2))
 
 
 def test_imports_and_explains_without_triton(monkeypatch):
@@ -321,6 +402,8 @@ def test_imports_and_explains_without_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton.language", None)
     spec = importlib.util.spec_from_file_location("_without_triton", cuda_triton.__file__)
     module = importlib.util.module_from_spec(spec)
+    # Dataclasses look their module up while the class is being made.
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     assert "not installed" in module.why_unusable(torch.device("cuda"))
 
@@ -368,7 +451,7 @@ def test_chunked_float64_clustered_poles_as_accurate_as_sequential(monkeypatch, 
     bound = max(TOLERANCES[torch.float64], 4 * worst_error(SEQUENTIAL))
     assert worst_error(chunks_of(16)) <= bound
     # The case is hard enough to need the refinement.
-    monkeypatch.setattr(cuda_triton, "_refines", lambda data, C: False)
+    monkeypatch.setattr(cuda_triton, "_refines", lambda dtype, several_chunks: False)
     assert worst_error(chunks_of(16)) > bound
 
 

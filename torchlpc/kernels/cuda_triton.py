@@ -22,6 +22,14 @@ A is time-invariant), and what is left pending on times ``-1 ... -N`` after
 ``t = 0`` is ``grad_zi``. A time-invariant A, ``(B, 1, N)``, is read with a time
 stride of zero.
 
+Both runs over time take blocks of BT steps: the next block's coefficient rows,
+a ``[BT, BN]`` tile already rotated for each step's ring phase, and its BT inputs
+are loaded while the recursion runs over the current block from registers, so
+that no step waits on global memory; a block's outputs (and, backwards, its
+``[BT, BN]`` tile of ``grad_A``, which is off the recursion's path) are written
+after it. Each step takes its row from the tile with a masked sum over the BT
+rows, which in the compiled kernel is a select in registers and a shuffle.
+
 Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
 
 ``sequential``
@@ -60,8 +68,9 @@ Variants (the program ids are ``i_b`` for the row and ``i_c`` for the chunk):
 ``choose_triton_variant(B, T, N, device)`` picks one. Sequential when the batch
 alone gives enough programs (``B >= 2 * SMs``), when ``N > 32`` (the chunked
 variant does ``N + 2`` times the work, and its float64 ``[BN, BN]`` block needs
-four warps not to spill at ``BN = 64``: 96 to 111 registers at N = 32 with one
-warp, by ptxas for sm_90) or when ``T < 1024``; otherwise chunked,
+four warps not to spill at ``BN = 64``; at N = 32 with one warp the chunk-state
+kernels take 124 and 146 registers, by ptxas for sm_90) or when ``T < 1024``;
+otherwise chunked,
 with ``L`` the power of two nearest ``max(sqrt(16 T), B T / (4 SMs))``, at least
 64: chunks long enough that the scan over ``C = T / L`` chunks (a latency-bound
 ``N x N`` product per chunk) stays short next to one chunk's work, and enough
@@ -78,6 +87,14 @@ time-invariant ``grad_A`` of the chunked path is one partial sum per chunk,
 added up afterwards). Complex dtypes are not supported: Triton has no complex
 type, and :func:`why_unusable` says so, so that the dispatcher can fall back.
 
+Every call runs a launch plan (:func:`forward_plan`, :func:`backward_plan`: each
+kernel with its constexprs, warps, stages and fp-fusion), which
+``tests/test_triton_compile.py`` and ``benchmarks/triton_resources.py`` compile for
+sm_80, sm_90 and sm_120 without a GPU (:func:`every_plan`, :func:`compile_launch`);
+docs/performance.md has the registers, spills and loads per loop ptxas gives them.
+Orders up to :data:`MAX_ORDER` (sequential) and :data:`MAX_CHUNKED_ORDER`
+(chunked) are taken; beyond, the blocks would not fit in registers.
+
 Kernels are compiled on first use. On CPU tensors they run only under Triton's
 interpreter, which must be switched on (``TRITON_INTERPRET=1``) before this
 module is imported.
@@ -86,7 +103,9 @@ module is imported.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import itertools
 import math
 
 import torch
@@ -103,6 +122,15 @@ __all__ = [
     "allpole_vjp",
     "choose_triton_variant",
     "why_unusable",
+    "MAX_ORDER",
+    "MAX_CHUNKED_ORDER",
+    "Launch",
+    "Plan",
+    "forward_plan",
+    "backward_plan",
+    "every_plan",
+    "compile_launch",
+    "chunked_scratch_bytes",
     "allpole_fwd_kernel",
     "allpole_fwd_kernel_chunk_state",
     "allpole_fwd_kernel_scan",
@@ -114,6 +142,10 @@ __all__ = [
 ]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# The largest orders the kernels take, as far as their blocks fit in registers
+# without spilling (benchmarks/triton_resources.py; docs/performance.md).
+MAX_ORDER = 4096
+MAX_CHUNKED_ORDER = 64
 
 # choose_triton_variant's constants, from a cost model; to be measured on a GPU.
 _SEQUENTIAL_ROWS_PER_SM = 2
@@ -145,6 +177,7 @@ def allpole_fwd_kernel(
     L,
     N: tl.constexpr,
     BN: tl.constexpr,
+    BT: tl.constexpr,
     TIME_INVARIANT: tl.constexpr,
     STORE_FINAL_STATE: tl.constexpr,
     ACC: tl.constexpr,
@@ -154,6 +187,10 @@ def allpole_fwd_kernel(
     ``h0`` is ``(B, C, N)``, most recent output first; with ``L = T`` there is one
     chunk and ``h0`` is ``zi``. With ``STORE_FINAL_STATE`` the state the chunk
     ends in is written to ``ht[i_b, i_c]`` (``(B, C, N)``, in ``ACC``).
+
+    Time goes in blocks of BT steps. The coefficients and inputs of the next block
+    are loaded while the recursion runs over the current one from registers, so
+    that no step waits on memory; a block's outputs are stored at its end.
     """
     i_p = tl.program_id(0).to(tl.int64)
     NC = tl.cdiv(T, L)
@@ -163,37 +200,74 @@ def allpole_fwd_kernel(
 
     o_n = tl.arange(0, BN)
     m_n = o_n < N
+    o_t = tl.arange(0, BT)
     # State k is y[t0 - 1 - k], chunk step -1 - k, so it starts in slot N - 1 - k.
     # [BN]
     b_h = tl.load(h0 + i_p * N + (N - 1 - o_n), mask=m_n, other=0).to(ACC)
 
-    p_x = x + i_b * T + t0
-    p_y = y + i_b * T + t0
+    p_x = x + i_b * T
+    p_y = y + i_b * T
     if TIME_INVARIANT:
         p_a = A + i_b * N
     else:
-        p_a = A + (i_b * T + t0) * N
-    i_r = tl.zeros([], dtype=tl.int32)
-    for _ in range(0, t1 - t0):
+        p_a = A + i_b * T * N
+    # [BT], [BT, BN]
+    b_x, b_A = _fwd_block(p_x, p_a, t0, t0, t1, N, BN, BT, TIME_INVARIANT, ACC)
+    for t_b in range(t0, t1, BT):
+        b_xn, b_An = _fwd_block(p_x, p_a, t0, t_b + BT, t1, N, BN, BT, TIME_INVARIANT, ACC)
         # Slot r holds y[t - 1 - k] with k = (i_r - 1 - r) mod N.
-        o_a = i_r - 1 - o_n
-        o_a = tl.where(o_a < 0, o_a + N, o_a)
-        # [BN]
-        b_a = tl.load(p_a + o_a, mask=m_n, other=0).to(ACC)
-        b_y = tl.load(p_x).to(ACC) - tl.sum(b_a * b_h)
-        tl.store(p_y, b_y.to(p_y.dtype.element_ty))
-        b_h = tl.where(o_n == i_r, b_y, b_h)
-        i_r = tl.where(i_r == N - 1, 0, i_r + 1)
-        p_x += 1
-        p_y += 1
-        if not TIME_INVARIANT:
-            p_a += N
+        i_r = tl.cast((t_b - t0) % N, tl.int32)
+        # [BT]
+        b_yb = tl.zeros([BT], dtype=ACC)
+        for j in tl.range(0, BT, loop_unroll_factor=1):
+            # Row j of the block, its coefficients already rotated to the ring.
+            # [BN]
+            b_a = tl.sum(tl.where(o_t[:, None] == j, b_A, 0), axis=0)
+            b_y = tl.sum(tl.where(o_t == j, b_x, 0)) - tl.sum(b_a * b_h)
+            b_yb = tl.where(o_t == j, b_y, b_yb)
+            b_h = tl.where((o_n == i_r) & (t_b + j < t1), b_y, b_h)
+            i_r = tl.where(i_r == N - 1, 0, i_r + 1)
+        tl.store(p_y + t_b + o_t, b_yb.to(p_y.dtype.element_ty), mask=t_b + o_t < t1)
+        b_x, b_A = b_xn, b_An
 
     if STORE_FINAL_STATE:
-        # Slot r now holds end-state entry (i_r - 1 - r) mod N.
-        o_k = i_r - 1 - o_n
-        o_k = tl.where(o_k < 0, o_k + N, o_k)
+        # Slot r now holds end-state entry (i_r - 1 - r) mod N, i_r = (t1 - t0) mod N.
+        o_k = (tl.cast((t1 - t0) % N, tl.int32) + N - 1 - o_n) % N
         tl.store(ht + i_p * N + o_k, b_h, mask=m_n)
+
+
+@_jit()
+def _fwd_block(
+    p_x,
+    p_a,
+    t0,
+    t_b,
+    t1,
+    N: tl.constexpr,
+    BN: tl.constexpr,
+    BT: tl.constexpr,
+    TIME_INVARIANT: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """x and the coefficient rows of times ``[t_b, t_b + BT)`` below t1, zero beyond.
+
+    Row j's coefficients are rotated for the ring phase of step ``t_b + j``:
+    entry r is ``A[t, (t - t0 - 1 - r) mod N]``.
+    """
+    o_n = tl.arange(0, BN)
+    o_t = tl.arange(0, BT)
+    m_t = t_b + o_t < t1
+    # (t - t0 - 1 - r) mod N, kept non-negative so that % means the same
+    # compiled and in the interpreter.
+    o_a = tl.cast((t_b - t0) % N, tl.int32) + o_t[:, None] + (N - 1 - o_n[None, :])
+    o_a = o_a % N
+    if not TIME_INVARIANT:
+        o_a += (t_b + o_t[:, None]) * N
+    # [BT]
+    b_x = tl.load(p_x + t_b + o_t, mask=m_t, other=0).to(ACC)
+    # [BT, BN]
+    b_A = tl.load(p_a + o_a, mask=m_t[:, None] & (o_n[None, :] < N), other=0).to(ACC)
+    return b_x, b_A
 
 
 @_jit(do_not_specialize=["T", "L"])
@@ -352,6 +426,7 @@ def allpole_bwd_kernel(
     L,
     N: tl.constexpr,
     BN: tl.constexpr,
+    BT: tl.constexpr,
     TIME_INVARIANT: tl.constexpr,
     NEED_A: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr,
@@ -365,6 +440,12 @@ def allpole_bwd_kernel(
     time-invariant A, ``grad_A`` is ``(B, C, N)``: one partial sum per chunk.
     With ``STORE_FINAL_STATE`` what the chunk pushes onto time ``t0 - 1 - k`` is
     written to ``ht[i_b, i_c, k]`` (``(B, C, N)``, in ``ACC``).
+
+    Blocks of BT steps, as in :func:`allpole_fwd_kernel`, from the last: grad_y
+    and the coefficient rows of the next block are loaded while the recursion
+    runs over the current one, and the block's outputs y[t - 1 - n] are loaded
+    at its start; grad_A, which is not on the recursion's path, is formed for the
+    whole block after it, one ``[BT, BN]`` tile.
     """
     i_p = tl.program_id(0).to(tl.int64)
     NC = tl.cdiv(T, L)
@@ -374,6 +455,7 @@ def allpole_bwd_kernel(
 
     o_n = tl.arange(0, BN)
     m_n = o_n < N
+    o_t = tl.arange(0, BT)
     # Slot r: the sum pushed onto the time s steps before t1 - 1, s = r (mod N).
     # [BN]
     if USE_INITIAL_STATE:
@@ -383,51 +465,94 @@ def allpole_bwd_kernel(
     # [BN]
     b_dA = tl.zeros([BN], dtype=ACC)
 
-    p_gy = grad_y + i_b * T + t1 - 1
-    p_gx = grad_x + i_b * T + t1 - 1
+    p_gy = grad_y + i_b * T
+    p_gx = grad_x + i_b * T
     if TIME_INVARIANT:
         p_a = A + i_b * N
     else:
-        p_a = A + (i_b * T + t1 - 1) * N
-        p_dA = grad_A + (i_b * T + t1 - 1) * N + o_n
-    i_r = tl.zeros([], dtype=tl.int32)
-    for i_s in range(0, t1 - t0):
-        i_t = t1 - 1 - i_s
-        b_g = tl.load(p_gy).to(ACC) + tl.sum(tl.where(o_n == i_r, b_h, 0))
-        tl.store(p_gx, b_g.to(p_gx.dtype.element_ty))
-        # Slot r receives the push onto t - 1 - k with k = (r - i_r - 1) mod N;
-        # slot i_r, just consumed, starts over as the sum for t - N.
-        o_a = o_n - i_r - 1
-        o_a = tl.where(o_a < 0, o_a + N, o_a)
-        # [BN]
-        b_a = tl.load(p_a + o_a, mask=m_n, other=0).to(ACC)
-        b_h = tl.where(o_n == i_r, 0, b_h) - b_a * b_g
+        p_a = A + i_b * T * N
+    # Step s of the chunk is time t1 - 1 - s; a block is steps [s_b, s_b + BT).
+    # [BT], [BT, BN]
+    b_gy, b_A = _bwd_block(p_gy, p_a, t0, 0, t1, N, BN, BT, TIME_INVARIANT, ACC)
+    for s_b in range(0, t1 - t0, BT):
+        b_gyn, b_An = _bwd_block(p_gy, p_a, t0, s_b + BT, t1, N, BN, BT, TIME_INVARIANT, ACC)
+        o_tt = t1 - 1 - s_b - o_t
+        m_t = o_tt >= t0
         if NEED_A:
             # y[t - 1 - n], or zi[n - t] before time 0.
-            o_y = i_t - 1 - o_n
+            o_y = o_tt[:, None] - 1 - o_n[None, :]
+            m_y = m_t[:, None] & m_n[None, :]
+            # [BT, BN]
+            b_Y = tl.load(y + i_b * T + o_y, mask=m_y & (o_y >= 0), other=0).to(ACC)
+            b_Y += tl.load(zi + i_b * N + (-1 - o_y), mask=m_y & (o_y < 0), other=0).to(ACC)
+        i_r = tl.cast(s_b % N, tl.int32)
+        # [BT]
+        b_gb = tl.zeros([BT], dtype=ACC)
+        for j in tl.range(0, BT, loop_unroll_factor=1):
+            m_r = o_n == i_r
+            b_g = tl.sum(tl.where(o_t == j, b_gy, 0)) + tl.sum(tl.where(m_r, b_h, 0))
+            b_gb = tl.where((o_t == j) & (s_b + j < t1 - t0), b_g, b_gb)
+            # Slot r receives the push onto t - 1 - k with k = (r - i_r - 1) mod N;
+            # slot i_r, just consumed, starts over as the sum for t - N. Row j of
+            # the block comes with its coefficients already in that order.
             # [BN]
-            b_y = tl.load(y + i_b * T + o_y, mask=m_n & (o_y >= 0), other=0).to(ACC)
-            b_y += tl.load(zi + i_b * N + (o_n - i_t), mask=m_n & (o_y < 0), other=0).to(ACC)
+            b_a = tl.sum(tl.where(o_t[:, None] == j, b_A, 0), axis=0)
+            b_h = tl.where(s_b + j < t1 - t0, tl.where(m_r, 0, b_h) - b_a * b_g, b_h)
+            i_r = tl.where(i_r == N - 1, 0, i_r + 1)
+        tl.store(p_gx + o_tt, b_gb.to(p_gx.dtype.element_ty), mask=m_t)
+        if NEED_A:
+            # [BT, BN]
+            b_dAb = -b_gb[:, None] * b_Y
             if TIME_INVARIANT:
-                b_dA -= b_g * b_y
+                b_dA += tl.sum(b_dAb, axis=0)
             else:
-                tl.store(p_dA, (-b_g * b_y).to(p_dA.dtype.element_ty), mask=m_n)
-                p_dA -= N
-        i_r = tl.where(i_r == N - 1, 0, i_r + 1)
-        p_gy -= 1
-        p_gx -= 1
-        if not TIME_INVARIANT:
-            p_a -= N
+                p_dA = grad_A + (i_b * T + o_tt[:, None]) * N + o_n[None, :]
+                tl.store(p_dA, b_dAb.to(p_dA.dtype.element_ty), mask=m_t[:, None] & m_n[None, :])
+        b_gy, b_A = b_gyn, b_An
 
-    # Slot r now holds the sum pushed onto time t0 - 1 - k, k = (r - i_r) mod N.
-    o_k = o_n - i_r
-    o_k = tl.where(o_k < 0, o_k + N, o_k)
+    # Slot r now holds the sum pushed onto time t0 - 1 - k, k = (r - i_r) mod N,
+    # i_r = (t1 - t0) mod N.
+    o_k = (o_n + N - tl.cast((t1 - t0) % N, tl.int32)) % N
     if i_c == 0:
         tl.store(grad_zi + i_b * N + o_k, b_h.to(grad_zi.dtype.element_ty), mask=m_n)
     if STORE_FINAL_STATE:
         tl.store(ht + i_p * N + o_k, b_h, mask=m_n)
     if NEED_A and TIME_INVARIANT:
         tl.store(grad_A + i_p * N + o_n, b_dA, mask=m_n)
+
+
+@_jit()
+def _bwd_block(
+    p_gy,
+    p_a,
+    t0,
+    s_b,
+    t1,
+    N: tl.constexpr,
+    BN: tl.constexpr,
+    BT: tl.constexpr,
+    TIME_INVARIANT: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """grad_y and the coefficient rows of steps ``[s_b, s_b + BT)`` (time ``t1 - 1 - s``).
+
+    Steps before t0 read zero. Row j's coefficients are in the order its pushes
+    land in the ring: entry r is ``A[t, (r - s - 1) mod N]``.
+    """
+    o_n = tl.arange(0, BN)
+    o_t = tl.arange(0, BT)
+    o_tt = t1 - 1 - s_b - o_t
+    m_t = o_tt >= t0
+    # Kept non-negative, so that % means the same compiled and in the interpreter.
+    o_a = o_n[None, :] + (N * (BT + 1) - 1) - tl.cast(s_b % N, tl.int32) - o_t[:, None]
+    o_a = o_a % N
+    if not TIME_INVARIANT:
+        o_a += o_tt[:, None] * N
+    # [BT]
+    b_gy = tl.load(p_gy + o_tt, mask=m_t, other=0).to(ACC)
+    # [BT, BN]
+    b_A = tl.load(p_a + o_a, mask=m_t[:, None] & (o_n[None, :] < N), other=0).to(ACC)
+    return b_gy, b_A
 
 
 @_jit(do_not_specialize=["T", "L"])
@@ -653,19 +778,47 @@ def _choose(
 
 
 def _check_order(N: int, variant: str) -> None:
-    """Refuse, before launch, an order whose blocks Triton cannot hold."""
-    BN = triton.next_power_of_2(N)
-    largest = tl.TRITON_MAX_TENSOR_NUMEL
-    if variant == "chunked" and BN * BN > largest:
+    """Refuse, before launch, an order whose blocks would not fit in registers."""
+    if variant == "chunked" and N > MAX_CHUNKED_ORDER:
         raise ValueError(
-            f"the chunked Triton kernels hold an N x N transition matrix in one block, "
-            f"at most {largest} elements, so N can be at most {math.isqrt(largest)}, "
-            f"not {N}; use variant='sequential'."
+            f"the chunked Triton kernels hold an N x N float64 transition matrix in "
+            f"registers, so N can be at most {MAX_CHUNKED_ORDER}, not {N}; use "
+            f"variant='sequential'."
         )
-    if BN > largest:
+    if N > MAX_ORDER:
         raise ValueError(
-            f"torchlpc's Triton kernels hold the last N values in one block of at most "
-            f"{largest} elements, so N can be at most {largest}, not {N}."
+            f"torchlpc's Triton kernels hold the last N values in registers, so N can be "
+            f"at most {MAX_ORDER}, not {N}."
+        )
+
+
+def chunked_scratch_bytes(B: int, C: int, N: int) -> int:
+    """Memory the chunked variant allocates besides its outputs, at most.
+
+    Float64 ``u``, ``h0`` and (for float64 data) ``ht``, ``(B, C, N)`` each, and
+    the transition matrices ``M``, ``(B, C, N, N)``: ``8 B C N (N + 3)`` bytes.
+    """
+    return 8 * B * C * N * (N + 3)
+
+
+def _check_scratch(variant: str, B: int, C: int, N: int, data: Tensor, A: Tensor) -> None:
+    """Refuse chunks so short that their transition matrices outweigh the inputs.
+
+    The automatic chunk length (at least 64 steps, N at most 32) keeps the
+    scratch below about 1.1 times the bytes of ``data`` and ``A``; only a short
+    ``chunk_size`` given by hand reaches the cap, twice those bytes (64 MiB
+    for small inputs).
+    """
+    if variant != "chunked":
+        return
+    needed = chunked_scratch_bytes(B, C, N)
+    cap = max(2 * (data.numel() * data.element_size() + A.numel() * A.element_size()), 1 << 26)
+    if needed > cap:
+        raise ValueError(
+            f"chunk_size gives {C} chunks per row, whose float64 states and N x N "
+            f"transition matrices would take {needed / 2**20:.0f} MiB, more than twice "
+            f"the inputs ({cap / 2**20:.0f} MiB); use longer chunks (or none, for the "
+            f"automatic choice)."
         )
 
 
@@ -692,23 +845,252 @@ def _check_dtype(x: Tensor) -> None:
         )
 
 
-def _refines(data: Tensor, C: int) -> bool:
+def _refines(dtype: torch.dtype, several_chunks: bool) -> bool:
     """Whether the chunked variant refines its scan: several chunks, states no wider than data."""
-    return data.dtype == torch.float64 and C > 1
+    return dtype == torch.float64 and several_chunks
 
 
-def _meta(A: Tensor) -> dict:
-    N = A.shape[-1]
+# ----------------------------------------------------------------------------
+# Launch plans: the launchers below and the compile test and resource report
+# (tests/test_triton_compile.py, benchmarks/triton_resources.py) build them alike,
+# so every kernel variant the launchers can run is the one those compile.
+
+VARIANTS = ("sequential", "chunked")
+_INTERPRETED_BLOCK = 4
+_TRITON_POINTER = {torch.float32: "*fp32", torch.float64: "*fp64"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch of a plan.
+
+    ``grid`` is ``"B"`` (one program per row) or ``"BC"`` (one per row and
+    chunk); ``args`` are the kernel's arguments other than its constexprs, in
+    order, each the name of a tensor of the plan, ``"T"`` or ``"L"``, or None.
+    """
+
+    kernel: object
+    grid: str
+    args: tuple
+    constexprs: dict
+    options: dict
+
+    def source(self, dtypes: dict) -> tuple[dict, dict, dict]:
+        """``signature, constexprs, attrs`` for ``ASTSource``, as Triton's launcher makes them.
+
+        Tensors (their dtypes in ``dtypes``) are pointers divisible by 16, as
+        fresh allocations are; ``T`` and ``L`` are 32-bit (T below 2**31).
+        """
+        signature, constexprs, attrs = {}, dict(self.constexprs), {}
+        values = iter(self.args)
+        for i, name in enumerate(self.kernel.arg_names):
+            if name in self.constexprs:
+                signature[name] = "constexpr"
+                continue
+            value = next(values)
+            if value is None:
+                signature[name] = "constexpr"
+                constexprs[name] = None
+            elif value in ("T", "L"):
+                signature[name] = "i32"
+            else:
+                signature[name] = _TRITON_POINTER[dtypes[value]]
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        return signature, constexprs, attrs
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The launches of one call, and the tensors they use.
+
+    ``dtypes`` gives every tensor named in the launches its dtype; ``scratch``
+    the shapes, in ``"B"``, ``"C"``, ``"N"``, of those the launcher allocates.
+    """
+
+    launches: tuple
+    dtypes: dict
+    scratch: dict
+
+
+def _constants(dtype: torch.dtype, N: int) -> tuple[dict, dict, dict, dict]:
+    """Constexprs and launch options: of the runs over time, and of the chunk-state kernels.
+
+    The runs (``allpole_fwd_kernel``, ``allpole_bwd_kernel``): each step is a
+    dot product over the BN lanes of the ring, within one warp a few shuffles;
+    spread over several warps, every step would wait on shared memory and a
+    barrier. So one warp up to BN = 256 (8 values a thread in each ``[BN]``
+    block), then a warp more per 256 lanes so that registers suffice. Blocks of
+    BT steps: the coefficient tile, loaded a block ahead, is ``[BT, BN]`` twice,
+    kept to about 16 registers a thread each.
+
+    The chunk-state, scan and refine kernels hold a float64 ``[BN, BN]`` block,
+    in registers up to 32 values a thread: one warp up to BN = 32, then as many
+    as that takes (4 at BN = 64).
+    """
     BN = triton.next_power_of_2(N)
-    return dict(
-        N=N,
-        BN=BN,
-        ACC=tl.float64 if A.dtype == torch.float64 else tl.float32,
-        num_warps=1 if BN <= 32 else 4,
+    acc = tl.float64 if dtype == torch.float64 else tl.float32
+    warps = max(1, BN // 256)
+    tile = 16 * 32 * warps * 4 // dtype.itemsize  # elements of one [BT, BN] tile
+    BT = max(1, min(32, tile // BN))
+    options = dict(
+        num_warps=warps,
+        # The runs load ahead themselves; the other kernels' loads are a few per row.
+        num_stages=1,
         # Fused multiply-adds, as in the numba kernels; said explicitly because
         # Triton 3.9 warns when the default is left implicit.
         enable_fp_fusion=True,
     )
+    run = dict(N=N, BN=BN, BT=BT, ACC=acc)
+    wide = dict(N=N, BN=BN, ACC=tl.float64)
+    wide_options = dict(options, num_warps=max(1, BN * BN // (32 * 32)))
+    return run, options, wide, wide_options
+
+
+def forward_plan(
+    dtype: torch.dtype, N: int, time_invariant: bool, variant: str, several_chunks: bool
+) -> Plan:
+    """The launches of :func:`allpole` for inputs of this kind (``several_chunks``: C > 1)."""
+    meta, options, wide, wide_options = _constants(dtype, N)
+    flags = dict(TIME_INVARIANT=time_invariant, STORE_FINAL_STATE=False, **meta)
+    dtypes = dict.fromkeys(("x", "A", "zi", "y"), dtype)
+    if variant == "sequential":
+        run = Launch(allpole_fwd_kernel, "B", ("x", "A", "zi", "y", None, "T", "L"), flags, options)
+        return Plan((run,), dtypes, {})
+    dtypes.update(dict.fromkeys(("u", "M", "h0", "ht"), torch.float64))
+    scratch = {"u": "BCN", "M": "BCNN", "h0": "BCN"}
+    launches = [
+        Launch(
+            allpole_fwd_kernel_chunk_state, "BC", ("x", "A", "u", "M", "T", "L"),
+            dict(wide, TIME_INVARIANT=time_invariant), wide_options,
+        ),
+        Launch(allpole_fwd_kernel_scan, "B", ("zi", "u", "M", "h0", "T", "L"), wide, wide_options),
+    ]
+    if _refines(dtype, several_chunks):
+        scratch["ht"] = "BCN"
+        launches += [
+            Launch(
+                allpole_fwd_kernel, "BC", ("x", "A", "h0", "y", "ht", "T", "L"),
+                dict(flags, STORE_FINAL_STATE=True), options,
+            ),
+            Launch(allpole_fwd_kernel_refine, "B", ("M", "h0", "ht", "T", "L"), wide, wide_options),
+        ]
+    launches.append(
+        Launch(allpole_fwd_kernel, "BC", ("x", "A", "h0", "y", None, "T", "L"), flags, options)
+    )
+    return Plan(tuple(launches), dtypes, scratch)
+
+
+def backward_plan(
+    dtype: torch.dtype,
+    N: int,
+    time_invariant: bool,
+    need_A: bool,
+    variant: str,
+    several_chunks: bool,
+) -> Plan:
+    """The launches of :func:`allpole_vjp` for inputs of this kind (``several_chunks``: C > 1)."""
+    meta, options, wide, wide_options = _constants(dtype, N)
+    flags = dict(
+        TIME_INVARIANT=time_invariant, NEED_A=need_A, STORE_FINAL_STATE=False, **meta
+    )
+    dtypes = dict.fromkeys(("grad_y", "A", "y", "zi", "grad_x", "grad_A", "grad_zi"), dtype)
+    outputs = ("grad_x", "grad_A", "grad_zi")
+    if variant == "sequential":
+        run = Launch(
+            allpole_bwd_kernel, "B", ("grad_y", "A", "y", "zi", None, *outputs, None, "T", "L"),
+            dict(flags, USE_INITIAL_STATE=False), options,
+        )
+        return Plan((run,), dtypes, {})
+    dtypes.update(dict.fromkeys(("u", "M", "h0", "ht"), torch.float64))
+    scratch = {"u": "BCN", "M": "BCNN", "h0": "BCN"}
+    launches = [
+        Launch(
+            allpole_bwd_kernel_chunk_state, "BC", ("grad_y", "A", "u", "M", "T", "L"),
+            dict(wide, TIME_INVARIANT=time_invariant), wide_options,
+        ),
+        Launch(allpole_bwd_kernel_scan, "B", ("u", "M", "h0", "T", "L"), wide, wide_options),
+    ]
+    if _refines(dtype, several_chunks):
+        scratch["ht"] = "BCN"
+        launches += [
+            Launch(
+                allpole_bwd_kernel, "BC",
+                ("grad_y", "A", "y", "zi", "h0", *outputs, "ht", "T", "L"),
+                dict(flags, NEED_A=False, STORE_FINAL_STATE=True, USE_INITIAL_STATE=True),
+                options,
+            ),
+            Launch(allpole_bwd_kernel_refine, "B", ("M", "h0", "ht", "T", "L"), wide, wide_options),
+        ]
+    launches.append(
+        Launch(
+            allpole_bwd_kernel, "BC", ("grad_y", "A", "y", "zi", "h0", *outputs, None, "T", "L"),
+            dict(flags, USE_INITIAL_STATE=True), options,
+        )
+    )
+    return Plan(tuple(launches), dtypes, scratch)
+
+
+def every_plan(orders):
+    """``(name, plan)`` for every plan the launchers can build at these orders N.
+
+    Every value of every parameter of :func:`forward_plan` and
+    :func:`backward_plan`; orders a variant refuses are left out for it.
+    """
+    flags = (False, True)
+    for variant, N in itertools.product(VARIANTS, orders):
+        try:
+            _check_order(N, variant)
+        except ValueError:
+            continue
+        for dtype, time_invariant, several_chunks in itertools.product(
+            _SUPPORTED_DTYPES, flags, flags
+        ):
+            if variant == "sequential" and several_chunks:
+                continue
+            kind = (
+                f"{variant}{'-chunks' if several_chunks else ''}-{str(dtype)[6:]}"
+                f"-{'ti' if time_invariant else 'tv'}-N{N}"
+            )
+            yield f"fwd-{kind}", forward_plan(dtype, N, time_invariant, variant, several_chunks)
+            for need_A in flags:
+                yield (
+                    f"bwd-{kind}{'' if need_A else '-no_grad_A'}",
+                    backward_plan(dtype, N, time_invariant, need_A, variant, several_chunks),
+                )
+
+
+def compile_launch(launch: Launch, dtypes: dict, capability: int):
+    """Compile ``launch`` for an NVIDIA GPU of compute capability ``capability`` (80, 90, 120).
+
+    Needs no GPU. Returns Triton's compiled kernel (``.asm["ptx"]``, ``.asm["cubin"]``).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, constexprs, attrs = launch.source(dtypes)
+    source = ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=launch.options)
+
+
+def _execute(plan: Plan, tensors: dict, B: int, C: int, N: int, T: int, L: int) -> None:
+    first = next(iter(tensors.values()))
+    sizes = {"B": B, "C": C, "N": N}
+    for name, shape in plan.scratch.items():
+        tensors[name] = first.new_empty([sizes[s] for s in shape], dtype=plan.dtypes[name])
+    values = dict(tensors, T=T, L=L)
+    interpreted = _interpreted()
+    for launch in plan.launches:
+        grid = (B,) if launch.grid == "B" else (B * C,)
+        args = [None if name is None else values[name] for name in launch.args]
+        constexprs = launch.constexprs
+        if interpreted and "BT" in constexprs:
+            # The interpreter runs every step of a block, masked or not, at a
+            # Python call per operation; the tests' short rows and chunks take
+            # small blocks (the same code; tests/test_triton_compile.py compiles
+            # the real ones).
+            BT = min(constexprs["BT"], _INTERPRETED_BLOCK, triton.next_power_of_2(L))
+            constexprs = dict(constexprs, BT=BT)
+        launch.kernel[grid](*args, **constexprs, **launch.options)
 
 
 @_on_device_of_first_argument
@@ -737,28 +1119,10 @@ def allpole(
         return y
     x, A, zi = x.contiguous(), A.contiguous(), zi.contiguous()
     variant, L = _plan(B, T, N, x.device, variant, chunk_size)
-    meta = _meta(A)
-    time_invariant = A.shape[1] == 1
-    flags = dict(TIME_INVARIANT=time_invariant, STORE_FINAL_STATE=False)
-    if variant == "sequential":
-        allpole_fwd_kernel[(B,)](x, A, zi, y, None, T, T, **flags, **meta)
-        return y
     C = triton.cdiv(T, L)
-    u = x.new_empty(B, C, N, dtype=torch.float64)
-    M = x.new_empty(B, C, N, N, dtype=torch.float64)
-    h0 = x.new_empty(B, C, N, dtype=torch.float64)
-    wide = dict(meta, ACC=tl.float64)
-    allpole_fwd_kernel_chunk_state[(B * C,)](
-        x, A, u, M, T, L, TIME_INVARIANT=time_invariant, **wide
-    )
-    allpole_fwd_kernel_scan[(B,)](zi, u, M, h0, T, L, **wide)
-    if _refines(x, C):
-        ht = x.new_empty(B, C, N, dtype=torch.float64)
-        allpole_fwd_kernel[(B * C,)](
-            x, A, h0, y, ht, T, L, **dict(flags, STORE_FINAL_STATE=True), **meta
-        )
-        allpole_fwd_kernel_refine[(B,)](M, h0, ht, T, L, **wide)
-    allpole_fwd_kernel[(B * C,)](x, A, h0, y, None, T, L, **flags, **meta)
+    _check_scratch(variant, B, C, N, x, A)
+    plan = forward_plan(x.dtype, N, A.shape[1] == 1, variant, C > 1)
+    _execute(plan, dict(x=x, A=A, zi=zi, y=y), B, C, N, T, L)
     return y
 
 
@@ -795,43 +1159,19 @@ def allpole_vjp(
         return grad_x, grad_A, grad_zi.zero_()
     grad_y, A, y, zi = grad_y.contiguous(), A.contiguous(), y.contiguous(), zi.contiguous()
     variant, L = _plan(B, T, N, grad_y.device, variant, chunk_size)
-    C = 1 if variant == "sequential" else triton.cdiv(T, L)
-    acc = torch.float64 if A.dtype == torch.float64 else torch.float32
+    C = triton.cdiv(T, L)
+    _check_scratch(variant, B, C, N, grad_y, A)
     if not need_A:
         grad_A = A.new_empty((0, 0, 0))
     elif time_invariant:
-        # One partial sum per chunk, added up afterwards: no atomics.
-        grad_A = grad_y.new_empty(B, C, N, dtype=acc)
+        # One partial sum per chunk, added up afterwards: no atomics. The
+        # supported dtypes accumulate in their own precision.
+        grad_A = grad_y.new_empty(B, C, N)
     else:
         grad_A = torch.empty_like(A, memory_format=torch.contiguous_format)
-    meta = _meta(A)
-    flags = dict(TIME_INVARIANT=time_invariant, NEED_A=need_A, STORE_FINAL_STATE=False)
-    if variant == "sequential":
-        allpole_bwd_kernel[(B,)](
-            grad_y, A, y, zi, None, grad_x, grad_A, grad_zi, None, T, T,
-            USE_INITIAL_STATE=False, **flags, **meta,
-        )
-    else:
-        u = grad_y.new_empty(B, C, N, dtype=torch.float64)
-        M = grad_y.new_empty(B, C, N, N, dtype=torch.float64)
-        h0 = grad_y.new_empty(B, C, N, dtype=torch.float64)
-        wide = dict(meta, ACC=tl.float64)
-        allpole_bwd_kernel_chunk_state[(B * C,)](
-            grad_y, A, u, M, T, L, TIME_INVARIANT=time_invariant, **wide
-        )
-        allpole_bwd_kernel_scan[(B,)](u, M, h0, T, L, **wide)
-        if _refines(grad_y, C):
-            ht = grad_y.new_empty(B, C, N, dtype=torch.float64)
-            allpole_bwd_kernel[(B * C,)](
-                grad_y, A, y, zi, h0, grad_x, grad_A, grad_zi, ht, T, L,
-                USE_INITIAL_STATE=True, **dict(flags, NEED_A=False, STORE_FINAL_STATE=True),
-                **meta,
-            )
-            allpole_bwd_kernel_refine[(B,)](M, h0, ht, T, L, **wide)
-        allpole_bwd_kernel[(B * C,)](
-            grad_y, A, y, zi, h0, grad_x, grad_A, grad_zi, None, T, L,
-            USE_INITIAL_STATE=True, **flags, **meta,
-        )
+    plan = backward_plan(grad_y.dtype, N, time_invariant, need_A, variant, C > 1)
+    tensors = dict(grad_y=grad_y, A=A, y=y, zi=zi, grad_x=grad_x, grad_A=grad_A, grad_zi=grad_zi)
+    _execute(plan, tensors, B, C, N, T, L)
     if need_A and time_invariant:
-        grad_A = grad_A.sum(1, keepdim=True).to(A.dtype)
+        grad_A = grad_A.sum(1, keepdim=True)
     return grad_x, grad_A, grad_zi
