@@ -2,10 +2,13 @@
 
 Outputs and the gradients of every argument are checked against autograd through
 the reference loops run on explicitly expanded (materialised) inputs, whose
-gradients autograd reduces back to the broadcast shapes; on every CPU backend.
+gradients autograd reduces back to the broadcast shapes; on every CPU backend, and
+on the Triton kernels (in Triton's interpreter without CUDA).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -17,6 +20,11 @@ from torchlpc import _dispatch, linear_recurrence, sample_wise_lpc
 from torchlpc.reference import allpole_reference, linear_recurrence_reference
 
 DTYPE = torch.float64
+
+# As in test_triton.py: without CUDA the Triton kernels run in Triton's interpreter,
+# which reads TRITON_INTERPRET when they are first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def lpc_case(x_batch, a_batch, zi_batch, T, N, *, varying=True, expand_a=False, seed=0):
@@ -191,3 +199,41 @@ def test_vmap_over_shared_coefficients(backend):
         A_s = As[s].detach().requires_grad_()
         (expected,) = torch.autograd.grad(reference_lpc(xs[s], A_s, None, (B,)).square().sum(), A_s)
         assert_close(per_sample[s], expected, DTYPE, f"grad a, sample {s}")
+
+
+def test_opcheck_with_a_shared_row():
+    """The ops' schema, fake kernels, autograd and vmap with A of one row for B rows."""
+    x, A, zi = lpc_case((3,), (1,), (3,), 9, 2)
+    torch.library.opcheck(torch.ops.torchlpc.allpole.default, [t.requires_grad_() for t in (x, A, zi)])
+    y = sample_wise_lpc(x.detach(), A.detach(), zi.detach())
+    grad_y = randn(*y.shape, dtype=DTYPE, generator=make_generator(4))
+    args = [t.detach().requires_grad_() for t in (grad_y, A, y, zi)]
+    torch.library.opcheck(torch.ops.torchlpc.allpole_vjp.default, (*args, True))
+
+
+@pytest.mark.parametrize(
+    "x_batch, a_batch, zi_batch, T, N",
+    [
+        pytest.param((3,), (1,), (1,), 8, 2, id="shared-a"),
+        pytest.param((2, 2), (2, 1), None, 8, 3, id="partial-a"),
+    ],
+)
+def test_triton_broadcasts(monkeypatch, x_batch, a_batch, zi_batch, T, N):
+    """Triton indexes A by row, so a shared row reaches it copied to the batch
+    (by _dispatch); results and gradients are the same."""
+    from torchlpc.kernels import cuda_triton
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unusable = cuda_triton.why_unusable(device)
+    if unusable is not None and not os.environ.get("CI"):
+        pytest.skip(f"Triton kernels cannot run: {unusable}")
+    monkeypatch.setenv("TORCHLPC_BACKEND", "triton")
+    inputs = [None if t is None else t.to(device) for t in lpc_case(x_batch, a_batch, zi_batch, T, N)]
+    x, A, zi = leaves(*inputs)
+    batch = torch.broadcast_shapes(x_batch, a_batch, zi_batch or ())
+    y = sample_wise_lpc(x, A, zi)
+    expected = reference_lpc(x, A, zi, batch)
+    assert_close(y, expected, DTYPE, "y")
+    got, want = gradients(y, (x, A, zi)), gradients(expected, (x, A, zi))
+    for name, g, w in zip(("x", "a", "zi"), got, want):
+        assert_close(g, w, DTYPE, f"grad {name}")
