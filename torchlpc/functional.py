@@ -44,15 +44,29 @@ def _check_same_dtype_and_device(function: str, named: dict[str, Tensor]) -> Non
             )
 
 
-def _broadcast_batch(function: str, shapes: dict[str, torch.Size]) -> torch.Size:
-    """The batch shape of the output: the leading dims of every argument, broadcast."""
-    try:
-        return torch.broadcast_shapes(*shapes.values())
-    except RuntimeError:
-        listed = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
-        raise ValueError(
-            f"{function}: the batch (leading) dimensions do not broadcast: {listed}."
-        ) from None
+def _broadcast_batch(function: str, shapes: dict[str, torch.Size]) -> tuple:
+    """The batch shape of the output: the leading dims of every argument, broadcast.
+
+    By hand rather than ``torch.broadcast_shapes``, which costs as much as
+    filtering a short signal."""
+    first, *others = shapes.values()
+    if all(shape == first for shape in others):
+        return tuple(first)
+    batch: list = []
+    for shape in shapes.values():
+        if len(shape) > len(batch):
+            batch = [1] * (len(shape) - len(batch)) + batch
+        offset = len(batch) - len(shape)
+        for k, size in enumerate(shape):
+            if size != 1:
+                if batch[offset + k] == 1:
+                    batch[offset + k] = size
+                elif batch[offset + k] != size:
+                    listed = ", ".join(f"{name} {tuple(s)}" for name, s in shapes.items())
+                    raise ValueError(
+                        f"{function}: the batch (leading) dimensions do not broadcast: {listed}."
+                    )
+    return tuple(batch)
 
 
 def _is_time_invariant(A: Tensor) -> bool:
@@ -125,7 +139,14 @@ def _shared_row(A: Tensor) -> Tensor:
     return A.reshape(1, *A.shape[-2:])
 
 
-def _filter(x: Tensor, A: Tensor, zi: Tensor | None, batch: torch.Size) -> Tensor:
+def _flat(t: Tensor, batch: tuple, B: int) -> Tensor:
+    """``t (*, K)`` broadcast to ``(*batch, K)`` and flattened to ``(B, K)``."""
+    if t.shape[:-1] != batch:
+        t = t.expand(*batch, t.shape[-1])
+    return t if t.dim() == 2 else t.reshape(B, t.shape[-1])
+
+
+def _filter(x: Tensor, A: Tensor, zi: Tensor | None, batch: tuple) -> Tensor:
     """Broadcast, flatten the batch, upcast half precision, run the op, restore both.
 
     Coefficients shared by every row go to the op as one row, ``(1, T, N)``, which
@@ -139,18 +160,21 @@ def _filter(x: Tensor, A: Tensor, zi: Tensor | None, batch: torch.Size) -> Tenso
     # Before the upcast, which would copy an expanded view into a dense tensor.
     rows = B
     if _is_time_invariant(A):
-        A = _time_invariant_row(A).expand(*batch, 1, N)
+        A = _time_invariant_row(A)
+        if A.shape[:-2] != batch:
+            A = A.expand(*batch, 1, N)
     elif B > 1 and _is_shared(A):
         A, rows = _shared_row(A), 1
-    else:
+    elif A.shape[:-2] != batch:
         A = A.expand(*batch, T, N)
     if zi is None:
         zi = x.new_zeros(*batch, N)
     if dtype in _COMPUTED_IN_FLOAT32:
         x, A, zi = x.float(), A.float(), zi.float()
-    x = x.expand(*batch, T).reshape(B, T)
-    A = A.reshape(rows, A.shape[-2], N)
-    zi = zi.expand(*batch, N).reshape(B, N)
+    x = _flat(x, batch, B)
+    if A.dim() != 3:
+        A = A.reshape(rows, A.shape[-2], N)
+    zi = _flat(zi, batch, B)
     y = _ops.filter_op(x, A, zi)
     if len(batch) != 1:
         y = y.reshape(*batch, T)
@@ -330,8 +354,11 @@ def _linear_recurrence(name: str, a, x, zi, names: tuple[str, str, str] = ("a", 
     elif T > 1 and a.shape[:-1] == batch and x.dtype in _SUPPORTED:
         # One pole row per signal row: the pole as it is, where the kernels take it so.
         B = math.prod(batch)
-        x = x.expand(*batch, T).reshape(B, T)
-        zi = x.new_zeros(B) if zi is None else zi.expand(batch).reshape(B)
+        x = _flat(x, batch, B)
+        if zi is None:
+            zi = x.new_zeros(B)
+        else:
+            zi = (zi if zi.shape == batch else zi.expand(batch)).reshape(B)
         y = _ops.linear_recurrence_op(a.reshape(B, T), x, zi)
         return y.reshape(*batch, T)
     elif _is_shared(A):
