@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 from conftest import assert_close, filter_inputs, make_generator, randn
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
 import torchlpc
 from torchlpc import _dispatch, linear_recurrence, sample_wise_lpc
@@ -150,6 +150,12 @@ GRADCHECK_CASES = [
 def test_gradcheck(backend, x_batch, a_batch, zi_batch, T, N):
     inputs = leaves(*lpc_case(x_batch, a_batch, zi_batch, T, N))
     assert gradcheck(sample_wise_lpc, tuple(inputs), check_forward_ad=True)
+
+
+def test_gradgradcheck_shared_a():
+    """Second derivatives with A of one row (their formulas are shared by the backends)."""
+    inputs = leaves(*lpc_case((2,), (1,), (2,), 4, 2))
+    assert gradgradcheck(sample_wise_lpc, tuple(inputs), check_fwd_over_rev=True)
 
 
 def test_gradcheck_linear_recurrence_shared_pole(backend):

@@ -196,7 +196,9 @@ class _AllpoleVjpFunction(torch.autograd.Function):
             drive = drive - lagged_dot(cot_grad_A, y, zi)
         h_state = _zeros_if_none(cot_grad_zi, zi)
         h = filter_op(drive, A, h_state)
-        grad_A = -_rows_summed(lagged_outer(grad_x, h, h_state, time_invariant), shared) if need_A else None
+        grad_A = None
+        if need_A:
+            grad_A = -_rows_summed(lagged_outer(grad_x, h, h_state, time_invariant), shared)
 
         grad_y_input = grad_zi_input = None
         if has_cot_A and (need_y or need_zi):
@@ -216,10 +218,9 @@ class _AllpoleVjpFunction(torch.autograd.Function):
             drive = drive - lag_on_y
         d_grad_x, d_grad_A, d_grad_zi = filter_vjp_op(drive, A, y, zi, ctx.need_A)
         if ctx.need_A and (dy is not None or dzi is not None):
-            d_grad_A = d_grad_A - _rows_summed(
-                lagged_outer(grad_x, _zeros_if_none(dy, y), _zeros_if_none(dzi, zi), A.shape[1] == 1),
-                A.shape[0] != y.shape[0],
-            )
+            dy, dzi = _zeros_if_none(dy, y), _zeros_if_none(dzi, zi)
+            lagged = lagged_outer(grad_x, dy, dzi, A.shape[1] == 1)
+            d_grad_A = d_grad_A - _rows_summed(lagged, A.shape[0] != y.shape[0])
         if lag_on_zi is not None:
             d_grad_zi = d_grad_zi - lag_on_zi
         # Without need_A the grad_A output is an empty, non-differentiable placeholder.
