@@ -39,8 +39,8 @@ def recurrence_inputs(dtype=torch.float32):
 
 
 def call_lpc(**changes):
-    x, A, zi = lpc_inputs()
-    arguments = dict(x=x, A=A, zi=zi)
+    x, a, zi = lpc_inputs()
+    arguments = dict(x=x, a=a, zi=zi)
     arguments.update({name: change(arguments[name]) for name, change in changes.items()})
     return sample_wise_lpc(**arguments)
 
@@ -55,7 +55,7 @@ def call_recurrence(**changes):
 CALLS = {"sample_wise_lpc": call_lpc, "linear_recurrence": call_recurrence}
 ARGUMENTS = [
     pytest.param("sample_wise_lpc", "x", id="lpc-x"),
-    pytest.param("sample_wise_lpc", "A", id="lpc-A"),
+    pytest.param("sample_wise_lpc", "a", id="lpc-a"),
     pytest.param("sample_wise_lpc", "zi", id="lpc-zi"),
     pytest.param("linear_recurrence", "a", id="recurrence-a"),
     pytest.param("linear_recurrence", "x", id="recurrence-x"),
@@ -102,10 +102,10 @@ def test_integer_and_bool_dtypes(function, argument, dtype):
 
 
 MIXED = [
-    pytest.param("sample_wise_lpc", "A", torch.float64, id="lpc-A-float64"),
+    pytest.param("sample_wise_lpc", "a", torch.float64, id="lpc-a-float64"),
     pytest.param("sample_wise_lpc", "zi", torch.float64, id="lpc-zi-float64"),
     pytest.param("sample_wise_lpc", "zi", torch.complex64, id="lpc-zi-complex64"),
-    pytest.param("sample_wise_lpc", "A", torch.float16, id="lpc-A-float16"),
+    pytest.param("sample_wise_lpc", "a", torch.float16, id="lpc-a-float16"),
     pytest.param("sample_wise_lpc", "x", torch.bfloat16, id="lpc-x-bfloat16"),
     pytest.param("linear_recurrence", "a", torch.float64, id="recurrence-a-float64"),
     pytest.param("linear_recurrence", "zi", torch.complex64, id="recurrence-zi-complex64"),
@@ -124,7 +124,7 @@ def test_mixed_dtypes(function, argument, dtype):
 
 def test_half_precision_with_single_precision_is_mixed():
     x, A, zi = lpc_inputs()
-    with pytest.raises(TypeError, match=re.escape("A has dtype torch.float32 but x has dtype torch.float16")):
+    with pytest.raises(TypeError, match=re.escape("a has dtype torch.float32 but x has dtype torch.float16")):
         sample_wise_lpc(x.half(), A, zi.half())
 
 
@@ -141,59 +141,60 @@ def test_mismatched_devices(function, argument):
 LPC_SHAPES = [
     pytest.param(dict(x=lambda t: t[0, 0]), "x must have shape (*, T), got a 0-dimensional tensor", id="x-0d"),
     pytest.param(
-        dict(A=lambda t: t[0]),
-        "A must have shape (*, T, N) or (*, 1, N), one more dimension than x (*, T); got x (2, 5) and A (5, 3)",
-        id="A-missing-batch",
+        dict(a=lambda t: t[0, 0]),
+        "a must have shape (*, T, N) or (*, 1, N), at least 2 dimensions; got x (2, 5) and a (3)",
+        id="a-1d",
     ),
     pytest.param(
-        dict(A=lambda t: t[..., None]),
-        "one more dimension than x (*, T); got x (2, 5) and A (2, 5, 3, 1)",
-        id="A-extra-dim",
-    ),
-    pytest.param(
-        dict(A=lambda t: t[:1]),
-        "A (1, 5, 3) does not fit x (2, 5): expected (2, 5, N) with a time dimension of 5",
-        id="A-batch-mismatch",
-    ),
-    pytest.param(
-        dict(A=lambda t: t[:, :3]),
-        "A (2, 3, 3) does not fit x (2, 5): expected (2, 5, N) with a time dimension of 5 "
+        dict(a=lambda t: t[..., None]),
+        "a (2, 5, 3, 1) does not fit x (2, 5): its time dimension (second to last) must be 5 "
         "(time-varying) or 1 (time-invariant)",
-        id="A-time-mismatch",
+        id="a-extra-dim",
+    ),
+    pytest.param(
+        dict(a=lambda t: torch.cat([t, t[:1]])),
+        "the batch (leading) dimensions do not broadcast: x (2,), a (3,), zi (2,)",
+        id="a-batch-mismatch",
+    ),
+    pytest.param(
+        dict(a=lambda t: t[:, :3]),
+        "a (2, 3, 3) does not fit x (2, 5): its time dimension (second to last) must be 5 "
+        "(time-varying) or 1 (time-invariant)",
+        id="a-time-mismatch",
     ),
     pytest.param(
         dict(x=lambda t: t[:, :4]),
-        "A (2, 5, 3) does not fit x (2, 4)",
+        "a (2, 5, 3) does not fit x (2, 4)",
         id="x-time-mismatch",
     ),
     pytest.param(
-        dict(A=lambda t: t[..., :0]),
-        "A (2, 5, 0) has filter order N = 0; N must be at least 1",
+        dict(a=lambda t: t[..., :0]),
+        "a (2, 5, 0) has filter order N = 0; N must be at least 1",
         id="N0",
     ),
     pytest.param(
-        dict(A=lambda t: t[:, :1, :0]),
-        "A (2, 1, 0) has filter order N = 0",
+        dict(a=lambda t: t[:, :1, :0]),
+        "a (2, 1, 0) has filter order N = 0",
         id="N0-time-invariant",
     ),
     pytest.param(
         dict(zi=lambda t: t[:, :2]),
-        "zi must have shape (*, N) = (2, 3) to fit x (2, 5) and A (2, 5, 3); got (2, 2)",
+        "zi must have shape (*, N) with N = 3 to fit a (2, 5, 3); got (2, 2)",
         id="zi-wrong-N",
     ),
     pytest.param(
-        dict(zi=lambda t: t[0]),
-        "zi must have shape (*, N) = (2, 3) to fit x (2, 5) and A (2, 5, 3); got (3)",
-        id="zi-missing-batch",
+        dict(zi=lambda t: t[0, 0]),
+        "zi must have shape (*, N) with N = 3 to fit a (2, 5, 3); got ()",
+        id="zi-0d",
     ),
     pytest.param(
-        dict(zi=lambda t: t[:1]),
-        "got (1, 3)",
+        dict(zi=lambda t: torch.cat([t, t[:1]])),
+        "the batch (leading) dimensions do not broadcast: x (2,), a (2,), zi (3,)",
         id="zi-batch-mismatch",
     ),
     pytest.param(
-        dict(zi=lambda t: t[:, None]),
-        "got (2, 1, 3)",
+        dict(zi=lambda t: torch.stack([t, t, t], 1)),
+        "the batch (leading) dimensions do not broadcast: x (2,), a (2,), zi (2, 3)",
         id="zi-extra-dim",
     ),
 ]
@@ -205,34 +206,36 @@ def test_sample_wise_lpc_shapes(changes, message):
         call_lpc(**changes)
 
 
-def test_no_broadcasting_between_batches():
-    """A shared A must be expanded by the caller; a batch of 1 is not broadcast."""
-    x, A, zi = lpc_inputs()
-    with pytest.raises(ValueError, match=re.escape("A (1, 5, 3) does not fit x (2, 5)")):
-        sample_wise_lpc(x, A[:1], zi)
-    y = sample_wise_lpc(x, A[:1].expand(B, T, N), zi)
-    assert y.shape == (B, T)
-
-
 RECURRENCE_SHAPES = [
     pytest.param(dict(x=lambda t: t[0, 0]), "x must have shape (*, T), got a 0-dimensional tensor", id="x-0d"),
     pytest.param(
         dict(a=lambda t: t[:, :3]),
-        "a must have shape (*, T) = (2, 5) or (*, 1) for a time-invariant recurrence; got a (2, 3) and x (2, 5)",
+        "a must have shape (*, T) with T = 5 as in x, or (*, 1) for a time-invariant recurrence; "
+        "got a (2, 3) and x (2, 5)",
         id="a-time-mismatch",
     ),
-    pytest.param(dict(a=lambda t: t[:1]), "got a (1, 5) and x (2, 5)", id="a-batch-mismatch"),
-    pytest.param(dict(a=lambda t: t[0]), "got a (5) and x (2, 5)", id="a-missing-batch"),
-    pytest.param(dict(a=lambda t: t[..., None]), "got a (2, 5, 1) and x (2, 5)", id="a-extra-dim"),
+    pytest.param(
+        dict(a=lambda t: torch.cat([t, t[:1]])),
+        "the batch (leading) dimensions do not broadcast: a (3,), x (2,), zi (2,)",
+        id="a-batch-mismatch",
+    ),
+    pytest.param(
+        dict(a=lambda t: t[..., None]),
+        "the batch (leading) dimensions do not broadcast: a (2, 5), x (2,), zi (2,)",
+        id="a-extra-dim",
+    ),
     pytest.param(dict(a=lambda t: t[0, 0]), "got a () and x (2, 5)", id="a-0d"),
     pytest.param(dict(a=lambda t: t[:, :0]), "got a (2, 0) and x (2, 5)", id="a-empty-time"),
     pytest.param(
-        dict(zi=lambda t: t[:1]),
-        "zi must have shape (*) = (2,) to fit x (2, 5); got (1)",
+        dict(zi=lambda t: torch.cat([t, t[:1]])),
+        "the batch (leading) dimensions do not broadcast: a (2,), x (2,), zi (3,)",
         id="zi-batch-mismatch",
     ),
-    pytest.param(dict(zi=lambda t: t[:, None]), "got (2, 1)", id="zi-extra-dim"),
-    pytest.param(dict(zi=lambda t: t[0]), "got ()", id="zi-0d"),
+    pytest.param(
+        dict(zi=lambda t: torch.stack([t, t, t], 1)),
+        "the batch (leading) dimensions do not broadcast: a (2,), x (2,), zi (2, 3)",
+        id="zi-extra-dim",
+    ),
 ]
 
 

@@ -93,13 +93,43 @@ def _kernels(backend: str):
     return module
 
 
+# A of one row, (1, T|1, N), may serve every row of x (B, T). The numba, chunked and
+# reference kernels read it for every row as it is. The Triton kernels index A by
+# row, so they get an expanded copy; so does every backend for a time-invariant
+# (1, 1, N), which costs B * N. The gradient of a shared time-varying row is not
+# made per row and summed, but summed over the rows lag by lag, from grad_x.
+
+
+def _rows(A: Tensor, B: int) -> Tensor:
+    return A.expand(B, *A.shape[1:]).contiguous()
+
+
+def _copies_shared_rows(backend: str, A: Tensor) -> bool:
+    return backend == "triton" or A.shape[1] == 1
+
+
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
     backend = select_backend(x.device, x.dtype)
+    if A.shape[0] != x.shape[0] and _copies_shared_rows(backend, A):
+        A = _rows(A, x.shape[0])
     if backend == "reference":
         with torch.no_grad():
             return reference.allpole_reference(x, A, zi)
     return _kernels(backend).allpole(x, A, zi)
+
+
+def _shared_grad_A(grad_x: Tensor, y: Tensor, zi: Tensor) -> Tensor:
+    """``grad_A[0, t, i-1] = -sum_b grad_x[b, t] conj(y[b, t-i])``, ``(1, T, N)``,
+    one lag at a time: no ``(B, T, N)`` intermediate."""
+    (B, T), N = y.shape, zi.shape[1]
+    padded = torch.cat([zi.flip(-1), y], dim=-1)
+    grad_A = grad_x.new_empty(1, T, N)
+    for i in range(1, N + 1):
+        lag = padded[:, N - i : N - i + T]
+        # vecdot conjugates its first argument.
+        grad_A[0, :, i - 1] = torch.linalg.vecdot(lag.T, grad_x.T)
+    return grad_A.neg_()
 
 
 def allpole_vjp(
@@ -107,6 +137,21 @@ def allpole_vjp(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the fused backward pass; ``grad_A`` is empty when ``need_A`` is false."""
     backend = select_backend(grad_y.device, grad_y.dtype)
+    B = grad_y.shape[0]
+    if A.shape[0] == B:
+        return _allpole_vjp(backend, grad_y, A, y, zi, need_A)
+    if _copies_shared_rows(backend, A):
+        grad_x, grad_A, grad_zi = _allpole_vjp(backend, grad_y, _rows(A, B), y, zi, need_A)
+        return grad_x, grad_A.sum(0, keepdim=True) if need_A else grad_A, grad_zi
+    grad_x, grad_A, grad_zi = _allpole_vjp(backend, grad_y, A, y, zi, False)
+    if need_A:
+        grad_A = _shared_grad_A(grad_x, y, zi)
+    return grad_x, grad_A, grad_zi
+
+
+def _allpole_vjp(
+    backend: str, grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "reference":
         with torch.no_grad():
             grad_x, grad_A, grad_zi = reference.allpole_vjp_reference(grad_y, A, y, zi)

@@ -4,10 +4,13 @@ Two ops carry everything:
 
 ``torchlpc::allpole(x, A, zi) -> y``
     ``y[b, t] = x[b, t] - sum_i A[b, t, i-1] y[b, t-i]``, ``y[b, -1-k] = zi[b, k]``;
-    x ``(B, T)``, A ``(B, T, N)`` or time-invariant ``(B, 1, N)``, zi ``(B, N)``.
+    x ``(B, T)``, A ``(B, T, N)`` or time-invariant ``(B, 1, N)``, zi ``(B, N)``;
+    A may also have one row, ``(1, T, N)`` or ``(1, 1, N)``, shared by every row
+    of x (read for each, never copied per row).
 ``torchlpc::allpole_vjp(grad_y, A, y, zi, need_A) -> (grad_x, grad_A, grad_zi)``
     the fused backward pass: the same filter run backwards in time, indexing A
-    along the shifted diagonal; ``grad_A`` is empty when ``need_A`` is false.
+    along the shifted diagonal; ``grad_A`` has A's shape (the sum over the rows
+    for a shared A) and is empty when ``need_A`` is false.
 
 The autograd kernels are ``torch.autograd.Function`` subclasses registered under
 the ``Autograd`` dispatch key (rather than ``torch.library.register_autograd``)
@@ -53,7 +56,9 @@ def _check_operands(x: Tensor, A: Tensor, zi: Tensor, check=torch._check) -> Non
     check(zi.dim() == 2, lambda: f"torchlpc::allpole: zi must be (B, N), got {tuple(zi.shape)}")
     B, T = x.shape
     check(
-        A.shape[0] == B and (A.shape[1] == T or A.shape[1] == 1) and A.shape[2] >= 1,
+        (A.shape[0] == B or A.shape[0] == 1)
+        and (A.shape[1] == T or A.shape[1] == 1)
+        and A.shape[2] >= 1,
         lambda: f"torchlpc::allpole: A {tuple(A.shape)} does not match x {tuple(x.shape)}",
     )
     check(
@@ -112,6 +117,12 @@ _library.impl("allpole_vjp", _allpole_vjp_kernel, "CompositeExplicitAutograd")
 
 def _zeros_if_none(tangent: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if tangent is None else tangent
+
+
+def _rows_summed(grad_A: Tensor, shared: bool) -> Tensor:
+    """The gradient of an A shared by every row: the sum over the rows. (Only
+    second derivatives come here; the first is summed by _dispatch as it is made.)"""
+    return grad_A.sum(0, keepdim=True) if shared else grad_A
 
 
 def _below_autograd(op, *args):
@@ -174,6 +185,7 @@ class _AllpoleVjpFunction(torch.autograd.Function):
         A, y, zi, grad_x = ctx.saved_tensors
         N = A.shape[-1]
         time_invariant = A.shape[1] == 1
+        shared = A.shape[0] != y.shape[0]
         has_cot_A = ctx.need_A and cot_grad_A is not None
         need_g, need_A, need_y, need_zi, _ = ctx.needs_input_grad
 
@@ -184,7 +196,9 @@ class _AllpoleVjpFunction(torch.autograd.Function):
             drive = drive - lagged_dot(cot_grad_A, y, zi)
         h_state = _zeros_if_none(cot_grad_zi, zi)
         h = filter_op(drive, A, h_state)
-        grad_A = -lagged_outer(grad_x, h, h_state, time_invariant) if need_A else None
+        grad_A = None
+        if need_A:
+            grad_A = -_rows_summed(lagged_outer(grad_x, h, h_state, time_invariant), shared)
 
         grad_y_input = grad_zi_input = None
         if has_cot_A and (need_y or need_zi):
@@ -204,9 +218,9 @@ class _AllpoleVjpFunction(torch.autograd.Function):
             drive = drive - lag_on_y
         d_grad_x, d_grad_A, d_grad_zi = filter_vjp_op(drive, A, y, zi, ctx.need_A)
         if ctx.need_A and (dy is not None or dzi is not None):
-            d_grad_A = d_grad_A - lagged_outer(
-                grad_x, _zeros_if_none(dy, y), _zeros_if_none(dzi, zi), A.shape[1] == 1
-            )
+            dy, dzi = _zeros_if_none(dy, y), _zeros_if_none(dzi, zi)
+            lagged = lagged_outer(grad_x, dy, dzi, A.shape[1] == 1)
+            d_grad_A = d_grad_A - _rows_summed(lagged, A.shape[0] != y.shape[0])
         if lag_on_zi is not None:
             d_grad_zi = d_grad_zi - lag_on_zi
         # Without need_A the grad_A output is an empty, non-differentiable placeholder.
@@ -411,17 +425,42 @@ def _unfold(tensor: Tensor, size: int) -> Tensor:
     return tensor.reshape(size, tensor.shape[0] // size, *tensor.shape[1:])
 
 
+def _rows_of(A: Tensor, bdim: int | None, rows: int) -> Tensor:
+    """A (its vmapped dim first, if any) with a per-sample batch of 1 expanded to
+    ``rows``: once folded, a shared row would serve other samples' rows too."""
+    if bdim is None:
+        return A if A.shape[0] == rows else A.expand(rows, *A.shape[1:])
+    A = A.movedim(bdim, 0)
+    return A if A.shape[1] == rows else A.expand(A.shape[0], rows, *A.shape[2:])
+
+
+def _x_rows(x: Tensor, bdim: int | None) -> int:
+    return x.shape[0] if bdim is None else x.movedim(bdim, 0).shape[1]
+
+
 @torch.library.register_vmap("torchlpc::allpole")
 def _allpole_vmap(info, in_dims, x, A, zi):
     size = info.batch_size
-    x, A, zi = (_fold(t, d, size) for t, d in zip((x, A, zi), in_dims))
+    x_dim, A_dim, zi_dim = in_dims
+    if A_dim is not None or A.shape[0] != 1:
+        # (One unbatched row serves every row of every sample as it is.)
+        A = _fold(_rows_of(A, A_dim, _x_rows(x, x_dim)), None if A_dim is None else 0, size)
+    x, zi = _fold(x, x_dim, size), _fold(zi, zi_dim, size)
     return _unfold(allpole(x, A, zi), size), 0
 
 
 @torch.library.register_vmap("torchlpc::allpole_vjp")
 def _allpole_vjp_vmap(info, in_dims, grad_y, A, y, zi, need_A):
     size = info.batch_size
-    grad_y, A, y, zi = (_fold(t, d, size) for t, d in zip((grad_y, A, y, zi), in_dims[:4]))
+    g_dim, A_dim, y_dim, zi_dim = in_dims[:4]
+    A_rows = A.shape[0] if A_dim is None else A.movedim(A_dim, 0).shape[1]
+    if A_dim is not None or A_rows != 1 or need_A:
+        # grad_A is per sample: a shared row is given to each sample separately.
+        A = _fold(_rows_of(A, A_dim, _x_rows(y, y_dim)), None if A_dim is None else 0, size)
+    grad_y, y, zi = _fold(grad_y, g_dim, size), _fold(y, y_dim, size), _fold(zi, zi_dim, size)
     grad_x, grad_A, grad_zi = allpole_vjp(grad_y, A, y, zi, need_A)
-    grad_A = _unfold(grad_A, size) if need_A else grad_A
+    if need_A:
+        grad_A = _unfold(grad_A, size)
+        if A_rows != grad_A.shape[1]:
+            grad_A = grad_A.sum(1, keepdim=True)
     return (_unfold(grad_x, size), grad_A, _unfold(grad_zi, size)), (0, 0 if need_A else None, 0)

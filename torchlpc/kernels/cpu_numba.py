@@ -556,18 +556,25 @@ def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
 
 @_kernel
 def _pairs(x, A):
-    """Rows taken two at a time (time-varying order 2, past its first steps), or 0."""
-    if A.shape[2] == 2 and A.shape[1] > 1 and x.shape[1] > 2:
+    """Rows taken two at a time (time-varying order 2, past its first steps, a row
+    of A per row of x), or 0."""
+    if A.shape[2] == 2 and A.shape[1] > 1 and x.shape[1] > 2 and A.shape[0] == x.shape[0]:
         return x.shape[0] // 2
     return 0
 
 
 @_kernel
 def _quads(x, A):
-    """Rows taken four at a time (time-varying order 1), or 0."""
-    if A.shape[2] == 1 and A.shape[1] > 1:
+    """Rows taken four at a time (time-varying order 1, a row of A per row of x), or 0."""
+    if A.shape[2] == 1 and A.shape[1] > 1 and A.shape[0] == x.shape[0]:
         return _order1_groups(x)
     return 0
+
+
+@_kernel
+def _row_of(A, b):
+    """The row of A that row b of x reads: A may be one row shared by all."""
+    return b if A.shape[0] > 1 else 0
 
 
 @_kernel
@@ -588,7 +595,7 @@ def allpole_fwd_kernel(x, A, zi, y):
         _fwd_head(x[c], second, 2, zi[c], y[c], 2)
         _fwd_order2_pair(x[b], first, y[b], x[c], second, y[c], 2)
     for b in range(max(2 * pairs, quads * _ROWS), B):
-        _allpole_fwd_row(x[b], A[b], zi[b], y[b])
+        _allpole_fwd_row(x[b], A[_row_of(A, b)], zi[b], y[b])
 
 
 @_kernel
@@ -622,7 +629,8 @@ def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A
         _bwd_gather_first_steps(grad_y[c], a_c, y[c], zi[c], grad_x[c], g_c, grad_zi[c], need_A, t)
     for b in range(max(2 * pairs, quads * _ROWS), B):
         _allpole_vjp_row(
-            grad_y[b], A[b], y[b], zi[b], grad_x[b], grad_A[b], grad_a[b], grad_zi[b], need_A
+            grad_y[b], A[_row_of(A, b)], y[b], zi[b], grad_x[b], grad_A[b], grad_a[b],
+            grad_zi[b], need_A,
         )
 
 
@@ -690,8 +698,12 @@ def run_over_batch(kernel, work: int, *arguments, together: int = 2) -> None:
     # in pairs, order 1 four at a time).
     pieces = min(max(batch // together, 1), 4 * threads)
     bounds = [batch * k // pieces for k in range(pieces + 1)]
+    # An array of one row (coefficients shared by the batch) goes whole to every slice.
     _run_tasks([
-        partial(kernel, *(a[lo:hi] if isinstance(a, np.ndarray) else a for a in arguments))
+        partial(kernel, *(
+            a[lo:hi] if isinstance(a, np.ndarray) and a.shape[0] == batch else a
+            for a in arguments
+        ))
         for lo, hi in zip(bounds[:-1], bounds[1:])
     ])
 
