@@ -184,15 +184,25 @@ def _sequential_row(x, A, zi, grad_y, y, gx, gA, gzi):
                 gA[t, i - 1] = zero - ext[N + t] * padded[N + t - i]
 
 
-def sequential(x, A, zi, grad_y):
+# The same loop with each multiply and subtract fused into one rounding, as the
+# kernels compile theirs (fastmath contract): no less plain, rounded otherwise.
+# Not cached: numba's disk cache keys on the function's name and would load the
+# unfused machine code.
+_sequential_row_fused = numba.njit(nogil=True, fastmath={"contract"})(
+    _sequential_row.py_func
+)
+
+
+def sequential(x, A, zi, grad_y, fused=False):
     """``(y, grad_x, grad_A, grad_zi)`` of one sequence by the plain recursion in
-    the dtype of ``x`` (all four arrays must share it)."""
+    the dtype of ``x`` (all four arrays must share it); ``fused`` contracts its
+    multiply-adds into fused ones."""
     x, A, zi, grad_y = (np.ascontiguousarray(v) for v in (x, A, zi, grad_y))
     T, N = x.shape[0], zi.shape[0]
     y, gx = np.empty(T, x.dtype), np.empty(T, x.dtype)
     gA = np.empty((A.shape[0], N), x.dtype)
     gzi = np.empty(N, x.dtype)
-    _sequential_row(x, A, zi, grad_y, y, gx, gA, gzi)
+    (_sequential_row_fused if fused else _sequential_row)(x, A, zi, grad_y, y, gx, gA, gzi)
     return y, gx, gA, gzi
 
 
