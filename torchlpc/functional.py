@@ -74,9 +74,10 @@ def _is_time_invariant(A: Tensor) -> bool:
 
 
 def _is_shared(A: Tensor) -> bool:
-    """Whether every batch row of ``A (*, T, N)`` is the same one: each batch dim
-    has size 1 or is an expansion (stride 0)."""
-    return all(s == 1 or st == 0 for s, st in zip(A.shape[:-2], A.stride()[:-2]))
+    """Whether ``A (*, T, N)`` has one batch row, broadcast to every signal: each
+    batch dim has size 1. (A view expanded with stride 0 has a gradient per
+    logical row, which a leaf made from it must get: it takes the general path.)"""
+    return all(s == 1 for s in A.shape[:-2])
 
 
 class _FirstAlong(torch.autograd.Function):
@@ -201,9 +202,8 @@ def sample_wise_lpc(
         a: filter coefficients, one row of N per sample; a time dimension of size 1,
             or an expanded view with stride 0 along time, gives a time-invariant
             filter, which runs on a cheaper path and gets its gradient summed
-            over time. Batch dimensions expanded with stride 0 are read once,
-            like batch dimensions of size 1, and their gradient is spread evenly
-            over the expansion.
+            over time. Batch dimensions of size 1 broadcast against x's: that
+            one row is read for every signal, and its gradient is summed.
         zi: initial conditions, ``zi[..., k] = y[..., -1-k]``. Default: zeros.
         return_zf: also return the final conditions ``zf[..., k] = y[..., T-1-k]``
             (which reach back into ``zi`` when ``T < N``). Default: ``False``.

@@ -217,10 +217,17 @@ def _resolve_chunk_size(T: int, N: int, states: torch.dtype, chunk_size: int | N
 _MAX_REFINEMENTS = 4
 
 
-def _settled(correction: Tensor, states: Tensor) -> bool:
-    """Whether a refinement's correction is below the states' own rounding."""
-    scale = states.abs().max()
-    return bool(correction.abs().max() <= torch.finfo(states.dtype).eps * scale)
+def _refined(states: Tensor, correction: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """The states with a refinement's correction added in the rows still active,
+    and the rows that stay active: those whose correction was not yet below their
+    states' rounding. Row by row, so that a row's result never depends on the
+    others in its batch (a NaN elsewhere would keep them all refining)."""
+    keep = active.view(-1, *([1] * (states.dim() - 1)))
+    states = torch.where(keep, states + correction, states)
+    rows = states.shape[0]
+    size = correction.abs().reshape(rows, -1).amax(dim=1)
+    scale = states.abs().reshape(rows, -1).amax(dim=1)
+    return states, active & ~(size <= torch.finfo(states.dtype).eps * scale)
 
 
 def _refines(data: torch.dtype, states: torch.dtype) -> bool:
@@ -274,14 +281,15 @@ def allpole(x: Tensor, A: Tensor, zi: Tensor, *, chunk_size: int | None = None) 
             ends = _forward_sweep(x, A, _unit_states(B, C, N, wide, x.device), L)
             u, M = ends[..., 0], ends[..., 1:]
             h = _scan_forward(u, M, zi.to(wide))
+            active = torch.ones(B, dtype=torch.bool, device=x.device)
             for _ in range(_MAX_REFINEMENTS if _refines(x.dtype, wide) else 0):
                 # The chunks' own runs from h end where the scan should have put
                 # the next chunk's state, up to the scan's error; that mismatch,
                 # carried through the same scan, is the correction.
                 reached = _forward_sweep(x, A, h.unsqueeze(-1), L)[:, :-1, :, 0]
                 correction = _scan_forward(reached - h[:, 1:], M, torch.zeros_like(h[:, 0]))
-                h = h + correction
-                if _settled(correction, h):
+                h, active = _refined(h, correction, active)
+                if not bool(active.any()):
                     break
         _forward_sweep(x, A, h.unsqueeze(-1).to(x.dtype), L, y)
     return y
@@ -356,15 +364,15 @@ def allpole_vjp(
             ends = _adjoint_sweep(grad_y, A, _unit_states(B, C, N, wide, grad_y.device), L)
             u, M = ends[..., 0], ends[..., 1:]
             pending = _scan_backward(u, M)
+            active = torch.ones(B, dtype=torch.bool, device=grad_y.device)
             for _ in range(_MAX_REFINEMENTS if _refines(grad_y.dtype, wide) else 0):
                 # As in allpole: what each chunk's own run pushes onto the chunk
                 # before it, against what the scan put there.
                 pushed = _adjoint_sweep(grad_y, A, pending.unsqueeze(-1), L)[..., 0]
                 mismatch = pushed[:, 1:] - pending[:, :-1]
                 mismatch = torch.cat([torch.zeros_like(pushed[:, :1]), mismatch], dim=1)
-                correction = _scan_backward(mismatch, M)
-                pending = pending + correction
-                if _settled(correction, pending):
+                pending, active = _refined(pending, _scan_backward(mismatch, M), active)
+                if not bool(active.any()):
                     break
         pending = pending.unsqueeze(-1).to(grad_y.dtype)
         grad_zi = _adjoint_sweep(grad_y, A, pending, L, grad_x)[:, 0, :, 0].contiguous()
