@@ -393,6 +393,10 @@ def test_cpu_backends_against_the_reference(call):
 
 
 @pytest.mark.skipif(not TRITON_USABLE and not os.environ.get("CI"), reason="Triton cannot run here")
+# Known defect (issue 15, open): the Triton backward's grad_zi is up to 10x the plain
+# recursion's error (also seen on resonators in tests/test_triton.py); this profile
+# draws a float64 case at 1.6x its bound. Strict: the day it passes, this mark must go.
+@pytest.mark.xfail(strict=True, reason="Triton grad_zi accuracy, issue 15")
 @settings(PROFILE, max_examples=TRITON_EXAMPLES)
 @given(calls(dtypes=[torch.float32, torch.float64], max_T=40))
 def test_triton_against_the_reference(call):
