@@ -76,14 +76,7 @@ TRITON_USABLE = _dispatch._why_unusable("triton", torch.device("cpu"), torch.flo
 
 REAL = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 COMPLEX = [torch.complex64, torch.complex128]
-WIDE = {
-    torch.float16: torch.float64,
-    torch.bfloat16: torch.float64,
-    torch.float32: torch.float64,
-    torch.float64: torch.float64,
-    torch.complex64: torch.complex128,
-    torch.complex128: torch.complex128,
-}
+from conftest import WIDE  # noqa: E402
 
 
 @contextlib.contextmanager
