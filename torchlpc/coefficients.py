@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .functional import _COMPUTED_IN_FLOAT32, _check_tensor, _shape
+from .functional import _COMPUTED_IN_FLOAT32, _check_flag, _check_tensor, _shape
 
 __all__ = [
     "reflection_to_lpc",
@@ -44,12 +44,6 @@ def _abs2(z: Tensor) -> Tensor:
     if z.is_complex():
         return z.real.square() + z.imag.square()
     return z.square()
-
-
-def _check_flag(function: str, name: str, value) -> None:
-    """A bool argument: a truthy string or tensor would otherwise pass silently."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{function}: {name} must be a bool, got {type(value).__name__}.")
 
 
 def _check_vector(function: str, name: str, value, shape: str = "(*, N)") -> None:

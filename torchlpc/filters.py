@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .coefficients import _check_flag
+from .functional import _check_flag
 from .functional import (
     _COMPUTED_IN_FLOAT32,
     _check_same_dtype_and_device,

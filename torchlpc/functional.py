@@ -19,6 +19,12 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _check_flag(function: str, name: str, value) -> None:
+    """A bool argument: a truthy string or tensor would otherwise pass silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{function}: {name} must be a bool, got {type(value).__name__}.")
+
+
 def _check_tensor(function: str, name: str, value) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(value).__name__}.")
@@ -245,6 +251,7 @@ def _sample_wise_lpc(name: str, x, a, zi, return_zf: bool, a_name: str = "a"):
     ``a_name`` (the 0.7 entry points share it)."""
     _check_tensor(name, "x", x)
     _check_tensor(name, a_name, a)
+    _check_flag(name, "return_zf", return_zf)
     if x.dim() < 1:
         raise ValueError(f"{name}: x must have shape (*, T), got a 0-dimensional tensor.")
     if a.dim() < 2:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .analysis import _UPSAMPLE_MODES, _check_positive_int, upsample_coefficients
-from .coefficients import _check_flag
+from .functional import _check_flag
 from .functional import (
     _COMPUTED_IN_FLOAT32,
     _check_same_dtype_and_device,
