@@ -1,6 +1,11 @@
 """Shared fixtures and helpers for the torchlpc tests.
 
-Four things live here:
+Five things live here:
+
+* ``TORCHLPC_CPU_COMPILE=wait`` for the session (unless set): automatic dispatch
+  would otherwise run a call on the chunked path while its numba kernels
+  compile in the background, so that which kernel a test exercises would depend
+  on timing. tests/test_cpu_compile.py tests the background mode itself.
 
 * NaN-poisoning: for the whole session, ``torch.empty``, ``torch.empty_like`` and
   ``Tensor.new_empty`` hand out floating point and complex tensors filled with
@@ -21,10 +26,13 @@ Test modules import the helpers with ``from conftest import ...``.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+
+os.environ.setdefault("TORCHLPC_CPU_COMPILE", "wait")
 
 from torchlpc.kernels import _buffers
 

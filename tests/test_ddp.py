@@ -13,6 +13,9 @@ import torch.multiprocessing as mp
 
 from _ddp_worker import Model, data, rank, train
 
+# Two spawned processes that import torch and compile: CI's extended step.
+pytestmark = pytest.mark.extended
+
 
 def _free_port():
     with socket.socket() as s:

@@ -23,9 +23,10 @@ from benchmarks import selfcheck
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("bash") is None, reason="benchmarks/gpu_run.sh needs bash"
-)
+pytestmark = [
+    pytest.mark.extended,
+    pytest.mark.skipif(shutil.which("bash") is None, reason="benchmarks/gpu_run.sh needs bash"),
+]
 
 
 def test_gpu_run_script_on_cpu_tensors(tmp_path):

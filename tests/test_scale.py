@@ -63,6 +63,7 @@ def _all_zero(tensor):
     return flat.numel() == 0 or (flat.amax().item() == 0 and flat.amin().item() == 0)
 
 
+@pytest.mark.extended  # 9 GB of memory: CI's extended step, not beside the rest
 def test_more_than_two_to_the_31_elements():
     T, N, tail = (1 << 25) + 7, 64, 200
     assert T * N > 1 << 31

@@ -484,7 +484,10 @@ def test_chunked_float64_clustered_poles_as_accurate_as_sequential(monkeypatch, 
 
 LIBRARY_VARIANTS = [
     pytest.param("sequential", id="seq"),
-    pytest.param("chunked", id="chunked"),
+    # The chunked variant's launches are several per call, each interpreted: the
+    # library-level tests through it take minutes, so they run in CI's extended
+    # step (the chunked kernels' own tests above run in every suite).
+    pytest.param("chunked", id="chunked", marks=pytest.mark.extended),
 ]
 
 
@@ -660,3 +663,28 @@ def test_compile_fullgraph(triton_backend, time_invariant):
             assert_close(c, e.cpu())
     finally:
         torch._dynamo.reset()
+
+
+@requires_kernels
+def test_automatic_choice_takes_the_chunked_path_beyond_the_largest_order(monkeypatch):
+    # As on a CUDA device: automatic choice picks Triton, and an order the Triton
+    # kernels cannot hold runs on the chunked path instead of raising.
+    from torchlpc import _dispatch
+
+    monkeypatch.delenv("TORCHLPC_BACKEND", raising=False)
+    monkeypatch.setattr(_dispatch, "select_backend", lambda device, dtype=None: "triton")
+    ran = []
+    for name in ("triton", "chunked"):
+        module = _dispatch._kernels(name)
+        monkeypatch.setattr(module, "allpole", lambda *args, _run=module.allpole, _name=name: (
+            ran.append(_name) or _run(*args)
+        ))
+    generator = make_generator(5)
+    for N, expected in [(3, "triton"), (cuda_triton.MAX_ORDER + 1, "chunked")]:
+        x = randn(1, 3, dtype=torch.float64, generator=generator)
+        zi = randn(1, N, dtype=torch.float64, generator=generator)
+        A = 1e-4 * randn(1, 3, N, dtype=torch.float64, generator=generator)
+        ran.clear()
+        y = sample_wise_lpc(x.to(DEVICE), A.to(DEVICE), zi.to(DEVICE))
+        assert ran == [expected]
+        assert_close(y, allpole_reference(x, A, zi))

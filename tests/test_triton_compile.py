@@ -24,6 +24,8 @@ import os
 import pytest
 import torch
 
+# A minute and more of compilation: CI's extended step (python -m pytest -m extended).
+pytestmark = pytest.mark.extended
 triton = pytest.importorskip("triton")
 
 from benchmarks import triton_resources  # noqa: E402

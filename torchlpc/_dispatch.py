@@ -108,9 +108,40 @@ def _copies_shared_rows(backend: str, A: Tensor) -> bool:
     return backend == "triton" or A.shape[1] == 1
 
 
+def numba_ready(op: str, x: Tensor, A: Tensor | None = None) -> bool:
+    """Whether the numba kernels of this call are compiled, or may be compiled by
+    it: always when the backend is forced, else once a background preparation is
+    done (see :mod:`torchlpc.kernels.cpu_compile`)."""
+    if requested_backend() == "numba":
+        return True
+    from .kernels import cpu_compile
+
+    if A is None:
+        key, prepare, what = cpu_compile.linear_recurrence_preparation(op, x)
+    else:
+        key, prepare, what = cpu_compile.allpole_preparation(op, x, A)
+    return cpu_compile.ready(key, prepare, what)
+
+
+def _backend_for(op: str, x: Tensor, A: Tensor) -> str:
+    """select_backend, with the chunked path standing in, under automatic choice,
+    for numba kernels that are still being compiled and for orders beyond what
+    the Triton kernels hold in registers."""
+    backend = select_backend(x.device, x.dtype)
+    if backend == "numba" and not numba_ready(op, x, A):
+        return "chunked"
+    if (
+        backend == "triton"
+        and requested_backend() is None
+        and A.shape[-1] > _kernels("triton").MAX_ORDER
+    ):
+        return "chunked"
+    return backend
+
+
 def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
     """Run the forward filter on the selected backend; inputs share dtype and device."""
-    backend = select_backend(x.device, x.dtype)
+    backend = _backend_for("allpole", x, A)
     if A.shape[0] != x.shape[0] and _copies_shared_rows(backend, A):
         A = _rows(A, x.shape[0])
     if backend == "reference":
@@ -136,7 +167,7 @@ def allpole_vjp(
     grad_y: Tensor, A: Tensor, y: Tensor, zi: Tensor, need_A: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the fused backward pass; ``grad_A`` is empty when ``need_A`` is false."""
-    backend = select_backend(grad_y.device, grad_y.dtype)
+    backend = _backend_for("allpole_vjp", grad_y, A)
     B = grad_y.shape[0]
     if A.shape[0] == B:
         return _allpole_vjp(backend, grad_y, A, y, zi, need_A)

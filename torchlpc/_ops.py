@@ -375,15 +375,20 @@ class _LinearRecurrenceFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         a, y, zi = ctx.saved_tensors
         need_a, need_x, need_zi = ctx.needs_input_grad
-        if torch.is_grad_enabled() or not _is_plain_eager(grad_y):
-            # create_graph (derivatives of this one), or an upstream gradient
-            # that is no plain tensor (batched by gradcheck, say): the op.
-            grad_x, grad_A, grad_zi = filter_vjp_op(grad_y, -a[..., None], y, zi[..., None], need_a)
-            grad_a, grad_zi = (-grad_A[..., 0] if need_a else None), grad_zi[..., 0]
-        else:
+        if (
+            not torch.is_grad_enabled()
+            and _is_plain_eager(grad_y)
+            and _dispatch.numba_ready("linear_recurrence_vjp", grad_y)
+        ):
             grad_a, grad_x, grad_zi = _dispatch._kernels("numba").linear_recurrence_vjp(
                 grad_y, a, y, zi, need_a
             )
+        else:
+            # create_graph (derivatives of this one), an upstream gradient that is
+            # no plain tensor (batched by gradcheck, say), or the kernel still
+            # compiling: the op.
+            grad_x, grad_A, grad_zi = filter_vjp_op(grad_y, -a[..., None], y, zi[..., None], need_a)
+            grad_a, grad_zi = (-grad_A[..., 0] if need_a else None), grad_zi[..., 0]
         return grad_a, grad_x if need_x else None, grad_zi if need_zi else None
 
     @staticmethod
@@ -402,6 +407,7 @@ def linear_recurrence_op(a: Tensor, x: Tensor, zi: Tensor) -> Tensor:
         not torch._C._are_functorch_transforms_active()
         and _is_plain_eager(a, x, zi)
         and _dispatch.select_backend(x.device, x.dtype) == "numba"
+        and _dispatch.numba_ready("linear_recurrence", x)
     ):
         if _needs_autograd(a, x, zi):
             return _LinearRecurrenceFunction.apply(a, x, zi)

@@ -23,6 +23,13 @@ copy of A is ever made.
 
 Only contraction into fused multiply-adds is allowed (no reassociation), so the
 order of every sum is the one written here; NaN and Inf propagate.
+
+Entry points: ``FWD_KERNELS[family]`` and ``VJP_KERNELS[family, invariant]``, one
+per order family (:mod:`.cpu_plan`), so that a call compiles only its own
+family's loops; ``linear_recurrence_kernel`` / ``linear_recurrence_vjp_kernel``;
+and the split of one time-invariant sequence over time, driven from Python
+(``_invariant_fwd_over_time``). The Python wrappers at the end (``allpole``,
+``allpole_vjp``, ``linear_recurrence``, ``linear_recurrence_vjp``) choose among them.
 """
 
 from __future__ import annotations
@@ -36,14 +43,15 @@ from functools import partial
 import numba
 import numpy as np
 import torch
+from numba.core import types
+from numba.extending import overload
 
 from ._buffers import output_like
+from .cpu_plan import FAMILIES, REGISTER_LAGS as _REGISTER_LAGS, family_of, split_over_time
 from ._simd import dot_conj, dot_reversed, set_neg_scaled_conj_reversed, sub_conj_scaled_reversed
 
 _kernel = numba.njit(cache=True, nogil=True, fastmath={"contract"})
 
-# Lags carried in registers from this order on (two below it).
-_REGISTER_LAGS = 8
 # Time steps between two sums of a time-invariant grad_A: the block's grad_x and
 # y stay in the first-level cache for its N dot products.
 _BLOCK = 512
@@ -266,29 +274,62 @@ def _fwd_long(x, a, stride, N, y):
         y8, y7, y6, y5, y4, y3, y2, y1 = y7, y6, y5, y4, y3, y2, y1, value
 
 
+# Kernel families. Each order class has its own loop (above), and a call compiles
+# only its own: a family is passed down as a literal integer (1, 2, 3 for 3..7,
+# 8 for 8 and more), and the overloads below choose the loop while the kernel is
+# typed, so that the other loops are never compiled. One driver branching on N at
+# run time compiled every loop, forward and backward, order 1 to 64, on the first
+# call of any order: 5 s forward and 14 s backward of a cold start. The
+# families and the choice between them are in cpu_plan.
+
+
+def _literal(family) -> int:
+    if not isinstance(family, types.IntegerLiteral):
+        raise numba.errors.TypingError("the kernel family must be a literal integer")
+    return family.literal_value
+
+
+def _fwd_steps(x, a, stride, N, y, family):
+    """y[t] for t >= N, the loop of one family (chosen at compile time)."""
+    raise NotImplementedError("numba kernels only")
+
+
+@overload(_fwd_steps, prefer_literal=True)
+def _fwd_steps_of_family(x, a, stride, N, y, family):
+    family = _literal(family)
+    if family == 1:
+        return lambda x, a, stride, N, y, family: _fwd_order1(x, a, stride, y.dtype.type(1), y)
+    if family == 2:
+        return lambda x, a, stride, N, y, family: _fwd_order2(x, a, stride, y)
+    if family == 3:
+        return lambda x, a, stride, N, y, family: _fwd_short(x, a, stride, N, y)
+    return lambda x, a, stride, N, y, family: _fwd_long(x, a, stride, N, y)
+
+
 @_kernel
-def _fwd(x, a, stride, zi, y):
-    """The filter over one sequence; x and y may be the same array."""
+def _fwd_family(x, a, stride, zi, y, family):
+    """The filter over one sequence, for an order of the (literal) family."""
     T = x.shape[0]
     N = zi.shape[0]
     head = min(N, T)
     _fwd_head(x, a, stride, zi, y, head)
-    if head == T:
-        return
-    if N == 1:
-        _fwd_order1(x, a, stride, y.dtype.type(1), y)
-    elif N == 2:
-        _fwd_order2(x, a, stride, y)
-    elif N < _REGISTER_LAGS:
-        _fwd_short(x, a, stride, N, y)
-    else:
-        _fwd_long(x, a, stride, N, y)
+    if head < T:
+        _fwd_steps(x, a, stride, N, y, family)
 
 
 @_kernel
-def _allpole_fwd_row(x, A, zi, y):
-    """One sequence: x (T,), A (T, N), or (1, N) for a time-invariant filter."""
-    _fwd(x, A.reshape(A.size), 0 if A.shape[0] == 1 else A.shape[1], zi, y)
+def _fwd(x, a, stride, zi, y):
+    """The filter over one sequence, any order; x and y may be the same array.
+    (For the callers whose order is only known at run time: it compiles every family.)"""
+    N = zi.shape[0]
+    if N == 1:
+        _fwd_family(x, a, stride, zi, y, 1)
+    elif N == 2:
+        _fwd_family(x, a, stride, zi, y, 2)
+    elif N < _REGISTER_LAGS:
+        _fwd_family(x, a, stride, zi, y, 3)
+    else:
+        _fwd_family(x, a, stride, zi, y, 8)
 
 
 # ---------------------------------------------------------------------------
@@ -401,16 +442,29 @@ def _bwd_gather_first_steps(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, t
     _grad_zi(a, zi.shape[0], grad_x, grad_zi)
 
 
+def _bwd_gather_steps(grad_y, a, N, y, grad_x, grad_A, need_A, high, family):
+    """The unchecked gather steps high .. N of the family (2 or 3)."""
+    raise NotImplementedError("numba kernels only")
+
+
+@overload(_bwd_gather_steps, prefer_literal=True)
+def _bwd_gather_steps_of_family(grad_y, a, N, y, grad_x, grad_A, need_A, high, family):
+    if _literal(family) == 2:
+        return lambda grad_y, a, N, y, grad_x, grad_A, need_A, high, family: _bwd_order2(
+            grad_y, a, y, grad_x, grad_A, need_A, high, N
+        )
+    return lambda grad_y, a, N, y, grad_x, grad_A, need_A, high, family: _bwd_short(
+        grad_y, a, N, y, grad_x, grad_A, need_A, high, N
+    )
+
+
 @_kernel
-def _bwd_gather(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
+def _bwd_gather(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family):
     """2 <= N < 8. The steps with t + N <= T - 1 and t >= N run unchecked."""
     N = zi.shape[0]
     t = _bwd_gather_last_steps(grad_y, a, y, zi, grad_x, grad_A, need_A)
     if t >= N:
-        if N == 2:
-            _bwd_order2(grad_y, a, y, grad_x, grad_A, need_A, t, N)
-        else:
-            _bwd_short(grad_y, a, N, y, grad_x, grad_A, need_A, t, N)
+        _bwd_gather_steps(grad_y, a, N, y, grad_x, grad_A, need_A, t, family)
         t = N - 1
     _bwd_gather_first_steps(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, t)
 
@@ -500,12 +554,12 @@ def _bwd_scatter(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A):
 
 
 @_kernel
-def _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A):
+def _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A, family):
     """The forward filter with conj(a) backwards in time: grad_y read through a
     reversed view, the result put back in time order a block pair at a time with
     the pair's grad_a sums (grad_a is empty without need_A)."""
     T = grad_y.shape[0]
-    _fwd(grad_y[::-1], np.conj(a), 0, np.zeros_like(zi), grad_x)
+    _fwd_family(grad_y[::-1], np.conj(a), 0, np.zeros_like(zi), grad_x, family)
     _reverse_with_grad(grad_x, y, 0, T // 2, grad_a)
     if need_A:
         if T % 2:
@@ -531,23 +585,28 @@ def _ti_grad_sums(grad_x, y, low, high, grad_a):
         grad_a[i - 1] -= dot_conj(grad_x, low, y, low - i, high - low + 1)
 
 
-@_kernel
-def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
-    """One sequence. Time-varying A (T, N) writes grad_A (T, N); time-invariant
-    A (1, N) adds into grad_a (N,), which may be wider than A and arrives zeroed.
-    grad_zi is overwritten."""
-    a = A.reshape(A.size)
-    N = A.shape[1]
-    if A.shape[0] == 1:
-        _bwd_invariant(grad_y, a, y, zi, grad_x, grad_a, grad_zi, need_A)
-        return
-    grad = grad_A.reshape(grad_A.size)
-    if N == 1:
-        grad_zi[0] = _bwd_order1(grad_y, a, grad_y.dtype.type(1), y, zi, grad_x, grad, need_A)
-    elif N < _REGISTER_LAGS:
-        _bwd_gather(grad_y, a, y, zi, grad_x, grad, grad_zi, need_A)
-    else:
-        _bwd_scatter(grad_y, a, y, zi, grad_x, grad, grad_zi, need_A)
+def _bwd_varying(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family):
+    """One time-varying sequence backwards, the loop of the family."""
+    raise NotImplementedError("numba kernels only")
+
+
+@overload(_bwd_varying, prefer_literal=True)
+def _bwd_varying_of_family(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family):
+    family = _literal(family)
+    if family == 1:
+
+        def order1(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family):
+            one = grad_y.dtype.type(1)
+            grad_zi[0] = _bwd_order1(grad_y, a, one, y, zi, grad_x, grad_A, need_A)
+
+        return order1
+    if family < _REGISTER_LAGS:
+        return lambda grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family: _bwd_gather(
+            grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family
+        )
+    return lambda grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, family: _bwd_scatter(
+        grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A
+    )
 
 
 # Drivers over the batch. They release the GIL, so run_over_batch can give each
@@ -558,7 +617,7 @@ def _allpole_vjp_row(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
 def _pairs(x, A):
     """Rows taken two at a time (time-varying order 2, past its first steps, a row
     of A per row of x), or 0."""
-    if A.shape[2] == 2 and A.shape[1] > 1 and x.shape[1] > 2 and A.shape[0] == x.shape[0]:
+    if A.shape[1] > 1 and x.shape[1] > 2 and A.shape[0] == x.shape[0]:
         return x.shape[0] // 2
     return 0
 
@@ -566,7 +625,7 @@ def _pairs(x, A):
 @_kernel
 def _quads(x, A):
     """Rows taken four at a time (time-varying order 1, a row of A per row of x), or 0."""
-    if A.shape[2] == 1 and A.shape[1] > 1 and A.shape[0] == x.shape[0]:
+    if A.shape[1] > 1 and A.shape[0] == x.shape[0]:
         return _order1_groups(x)
     return 0
 
@@ -578,7 +637,8 @@ def _row_of(A, b):
 
 
 @_kernel
-def allpole_fwd_kernel(x, A, zi, y):
+def _fwd_quads(x, A, zi, y):
+    """Order 1: rows four at a time; returns how many rows were done."""
     B = x.shape[0]
     quads = _quads(x, A)
     if quads:
@@ -587,6 +647,12 @@ def allpole_fwd_kernel(x, A, zi, y):
             y[b, 0] = x[b, 0] - a[b, 0] * zi[b, 0]
         for q in range(quads):
             _fwd_order1_rows(x, a, True, y, q * _ROWS)
+    return quads * _ROWS
+
+
+@_kernel
+def _fwd_pairs(x, A, zi, y):
+    """Order 2: rows two at a time; returns how many rows were done."""
     pairs = _pairs(x, A)
     for p in range(pairs):
         b, c = 2 * p, 2 * p + 1
@@ -594,14 +660,37 @@ def allpole_fwd_kernel(x, A, zi, y):
         _fwd_head(x[b], first, 2, zi[b], y[b], 2)
         _fwd_head(x[c], second, 2, zi[c], y[c], 2)
         _fwd_order2_pair(x[b], first, y[b], x[c], second, y[c], 2)
-    for b in range(max(2 * pairs, quads * _ROWS), B):
-        _allpole_fwd_row(x[b], A[_row_of(A, b)], zi[b], y[b])
+    return 2 * pairs
+
+
+def _fwd_groups(x, A, zi, y, family):
+    """The rows that the family takes in groups (order 1 by four, order 2 by two);
+    returns how many."""
+    raise NotImplementedError("numba kernels only")
+
+
+@overload(_fwd_groups, prefer_literal=True)
+def _fwd_groups_of_family(x, A, zi, y, family):
+    family = _literal(family)
+    if family == 1:
+        return lambda x, A, zi, y, family: _fwd_quads(x, A, zi, y)
+    if family == 2:
+        return lambda x, A, zi, y, family: _fwd_pairs(x, A, zi, y)
+    return lambda x, A, zi, y, family: 0
 
 
 @_kernel
-def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A):
-    """grad_A (B, T, N) for time-varying A, grad_a (B, N) for time-invariant A;
-    the other is an unused placeholder with the same number of rows."""
+def _allpole_fwd(x, A, zi, y, family):
+    """x (B, T), A (B or 1, T or 1, N), zi (B, N) -> y (B, T), N of the family."""
+    for b in range(_fwd_groups(x, A, zi, y, family), x.shape[0]):
+        row = A[_row_of(A, b)]
+        stride = 0 if row.shape[0] == 1 else row.shape[1]
+        _fwd_family(x[b], row.reshape(row.size), stride, zi[b], y[b], family)
+
+
+@_kernel
+def _bwd_quads(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+    """Order 1, time-varying: rows four at a time; returns how many rows were done."""
     B = grad_y.shape[0]
     quads = _quads(grad_y, A)
     if quads:
@@ -612,6 +701,12 @@ def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A
                 grad_y, a, True, y, zi.reshape(B), grad_x, grad, grad_zi.reshape(B), need_A,
                 q * _ROWS,
             )
+    return quads * _ROWS
+
+
+@_kernel
+def _bwd_pairs(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+    """Order 2, time-varying: rows two at a time; returns how many rows were done."""
     pairs = _pairs(grad_y, A)
     for p in range(pairs):
         b, c = 2 * p, 2 * p + 1
@@ -627,11 +722,87 @@ def allpole_vjp_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_a, grad_zi, need_A
             t = 1
         _bwd_gather_first_steps(grad_y[b], a_b, y[b], zi[b], grad_x[b], g_b, grad_zi[b], need_A, t)
         _bwd_gather_first_steps(grad_y[c], a_c, y[c], zi[c], grad_x[c], g_c, grad_zi[c], need_A, t)
-    for b in range(max(2 * pairs, quads * _ROWS), B):
-        _allpole_vjp_row(
-            grad_y[b], A[_row_of(A, b)], y[b], zi[b], grad_x[b], grad_A[b], grad_a[b],
-            grad_zi[b], need_A,
+    return 2 * pairs
+
+
+def _bwd_groups(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family):
+    """As _fwd_groups, backwards."""
+    raise NotImplementedError("numba kernels only")
+
+
+@overload(_bwd_groups, prefer_literal=True)
+def _bwd_groups_of_family(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family):
+    family = _literal(family)
+    if family == 1:
+        return lambda grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family: _bwd_quads(
+            grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A
         )
+    if family == 2:
+        return lambda grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family: _bwd_pairs(
+            grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A
+        )
+    return lambda grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family: 0
+
+
+@_kernel
+def _allpole_vjp_varying(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family):
+    """Time-varying A (B or 1, T, N): grad_A (B, T, N), or (B, 0, 0) without need_A."""
+    done = _bwd_groups(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family)
+    for b in range(done, grad_y.shape[0]):
+        row = A[_row_of(A, b)]
+        _bwd_varying(
+            grad_y[b], row.reshape(row.size), y[b], zi[b], grad_x[b],
+            grad_A[b].reshape(grad_A[b].size), grad_zi[b], need_A, family,
+        )
+
+
+@_kernel
+def _allpole_vjp_invariant(grad_y, A, y, zi, grad_x, grad_a, grad_zi, need_A, family):
+    """Time-invariant A (B or 1, 1, N): grad_a (B, N) sums in a wide dtype, arriving
+    zeroed, or (B, 0) without need_A."""
+    for b in range(grad_y.shape[0]):
+        row = A[_row_of(A, b)]
+        _bwd_invariant(
+            grad_y[b], row.reshape(row.size), y[b], zi[b], grad_x[b], grad_a[b], grad_zi[b],
+            need_A, family,
+        )
+
+
+# The entry points, one per family: the family is a constant of the closure, so
+# a literal where the kernel is compiled, and numba's disk cache tells the
+# closures apart by it.
+
+
+def _fwd_entry(family):
+    @_kernel
+    def allpole_fwd_kernel(x, A, zi, y):
+        _allpole_fwd(x, A, zi, y, family)
+
+    return allpole_fwd_kernel
+
+
+def _vjp_entry(family, invariant):
+    if invariant:
+
+        @_kernel
+        def allpole_vjp_invariant_kernel(grad_y, A, y, zi, grad_x, grad_a, grad_zi, need_A):
+            _allpole_vjp_invariant(grad_y, A, y, zi, grad_x, grad_a, grad_zi, need_A, family)
+
+        return allpole_vjp_invariant_kernel
+
+    @_kernel
+    def allpole_vjp_varying_kernel(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A):
+        _allpole_vjp_varying(grad_y, A, y, zi, grad_x, grad_A, grad_zi, need_A, family)
+
+    return allpole_vjp_varying_kernel
+
+
+FWD_KERNELS = {family: _fwd_entry(family) for family in FAMILIES}
+VJP_KERNELS = {
+    (family, invariant): _vjp_entry(family, invariant)
+    for family in FAMILIES
+    for invariant in (False, True)
+}
 
 
 @_kernel
@@ -741,9 +912,6 @@ def run_over_batch(kernel, work: int, *arguments, together: int = 2) -> None:
 # (A first-order time-varying sequence has no such bound to warm up with: it
 # stays on one core.)
 
-# Sequences shorter than this stay on one thread: below it the extra pass and
-# the hand-offs cost more than the threads give back.
-_SPLIT_MIN_STEPS = 1 << 15
 # A segment is split off only if it is at least this many warm-ups long: the
 # warm-up is work the threads do on top of the filter.
 _WARMUPS_PER_SEGMENT = 4
@@ -1000,18 +1168,6 @@ _NUMPY_DTYPES = {
 }
 
 
-# Orders up to which a time-invariant sequence is split over threads: the
-# second pass costs N multiply-adds per sample.
-_SPLIT_MAX_INVARIANT_ORDER = 32
-
-
-def _split_over_time(B: int, T: int, N: int) -> bool:
-    """Whether each time-invariant sequence runs over the threads rather than one
-    thread a sequence. (First-order time-varying sequences gain nothing from it
-    here: they are bound by memory traffic, which the second pass adds to.)"""
-    return B < torch.get_num_threads() and T >= _SPLIT_MIN_STEPS and N <= _SPLIT_MAX_INVARIANT_ORDER
-
-
 def _together(N: int) -> int:
     """Rows the kernels of order N take at once (see run_over_batch)."""
     return _ROWS if N == 1 else 2
@@ -1023,11 +1179,12 @@ def allpole(x: torch.Tensor, A: torch.Tensor, zi: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:
         return y
     x_, A_, zi_, y_ = _array(x), _array(A), _array(zi), y.numpy()
-    if A.shape[1] == 1 and _split_over_time(B, T, N):
+    if A.shape[1] == 1 and split_over_time(B, T, N):
         for b in range(B):
             _invariant_fwd_over_time(x_[b], A_[b, 0], zi_[b], y_[b])
         return y
-    run_over_batch(allpole_fwd_kernel, x.numel() * N, x_, A_, zi_, y_, together=_together(N))
+    kernel = FWD_KERNELS[family_of(N)]
+    run_over_batch(kernel, x.numel() * N, x_, A_, zi_, y_, together=_together(N))
     return y
 
 
@@ -1037,10 +1194,9 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     grad_x = output_like(grad_y)
     grad_zi = torch.empty_like(zi, memory_format=torch.contiguous_format)
     grad_A = A.new_empty((0, 0, 0))
-    # The kernel takes both a (B, T, N) grad_A for time-varying A and a (B, N) sum
-    # in double precision for time-invariant A; the one it does not write is an
-    # empty placeholder, typed like the real thing so that one compiled kernel
-    # serves every case.
+    # Time-varying A gets a (B, T, N) grad_A, time-invariant A a (B, N) sum in
+    # double precision; without need_A the kernel gets an empty placeholder, typed
+    # like the real thing so that one compiled kernel serves both cases.
     wide = torch.complex128 if A.dtype.is_complex else torch.float64
     grad_A_rows = np.empty((B, 0, 0), dtype=_NUMPY_DTYPES[A.dtype])
     grad_a_sums = np.empty((B, 0), dtype=_NUMPY_DTYPES[wide])
@@ -1054,7 +1210,7 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     if grad_y.numel() == 0:
         # No time step reaches the state.
         grad_zi.zero_()
-    elif time_invariant and _split_over_time(B, T, N):
+    elif time_invariant and split_over_time(B, T, N):
         arrays = _array(grad_y), _array(A), _array(y), _array(zi), grad_x.numpy(), grad_zi.numpy()
         grad_y_, A_, y_, zi_, grad_x_, grad_zi_ = arrays
         for b in range(B):
@@ -1065,9 +1221,9 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
             )
     else:
         run_over_batch(
-            allpole_vjp_kernel, grad_y.numel() * N,
-            _array(grad_y), _array(A), _array(y), _array(zi),
-            grad_x.numpy(), grad_A_rows, grad_a_sums, grad_zi.numpy(), need_A,
+            VJP_KERNELS[family_of(N), time_invariant], grad_y.numel() * N,
+            _array(grad_y), _array(A), _array(y), _array(zi), grad_x.numpy(),
+            grad_a_sums if time_invariant else grad_A_rows, grad_zi.numpy(), need_A,
             together=_together(N),
         )
     if need_A and time_invariant:
@@ -1105,4 +1261,5 @@ def linear_recurrence_vjp(grad_y, a, y, zi, need_a: bool):
             need_a, together=_ROWS,
         )
     return grad_a, grad_x, grad_zi
+
 
