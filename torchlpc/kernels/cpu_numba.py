@@ -615,9 +615,9 @@ def _bwd_varying_of_family(grad_y, a, y, zi, grad_x, grad_A, grad_zi, need_A, fa
 
 @_kernel
 def _pairs(x, A):
-    """Rows taken two at a time (time-varying order 2, past its first steps, a row
-    of A per row of x), or 0."""
-    if A.shape[1] > 1 and x.shape[1] > 2 and A.shape[0] == x.shape[0]:
+    """Rows taken two at a time (order 2, past its first steps, a row of A per
+    row of x), or 0."""
+    if x.shape[1] > 2 and A.shape[0] == x.shape[0]:
         return x.shape[0] // 2
     return 0
 
@@ -652,14 +652,16 @@ def _fwd_quads(x, A, zi, y):
 
 @_kernel
 def _fwd_pairs(x, A, zi, y):
-    """Order 2: rows two at a time; returns how many rows were done."""
+    """Order 2: rows two at a time (time-varying or not); returns how many rows
+    were done."""
     pairs = _pairs(x, A)
+    stride = 0 if A.shape[1] == 1 else 2
     for p in range(pairs):
         b, c = 2 * p, 2 * p + 1
         first, second = A[b].reshape(A[b].size), A[c].reshape(A[c].size)
-        _fwd_head(x[b], first, 2, zi[b], y[b], 2)
-        _fwd_head(x[c], second, 2, zi[c], y[c], 2)
-        _fwd_order2_pair(x[b], first, y[b], x[c], second, y[c], 2)
+        _fwd_head(x[b], first, stride, zi[b], y[b], 2)
+        _fwd_head(x[c], second, stride, zi[c], y[c], 2)
+        _fwd_order2_pair(x[b], first, y[b], x[c], second, y[c], stride)
     return 2 * pairs
 
 
