@@ -62,6 +62,9 @@ if not torch.cuda.is_available():
     # Triton reads this when torchlpc's Triton kernels are first imported; it
     # runs them on CPU tensors. Nothing else reads it.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Each cell measures the path it names: the numba kernels, not the chunked path
+# that serves calls while they compile in the background.
+os.environ.setdefault("TORCHLPC_CPU_COMPILE", "wait")
 
 import torchlpc  # noqa: E402
 from torchlpc import lfilter, linear_recurrence, sample_wise_lpc  # noqa: E402

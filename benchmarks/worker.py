@@ -50,6 +50,9 @@ CHECK_BATCH = 2
 CHECK_SAMPLES = 256
 
 DEVICE = os.environ.get("BENCHMARK_DEVICE", "cpu")
+# Timed calls run the numba kernels, never the chunked path that serves calls while
+# they compile in the background (torchlpc.kernels.cpu_compile).
+os.environ.setdefault("TORCHLPC_CPU_COMPILE", "wait")
 GPU_CASES = os.environ.get("BENCHMARK_GPU_CASES") == "1"
 
 
