@@ -25,9 +25,11 @@ units of the dtype's epsilon for cells where the sequential error is about zero:
 ``error / max(sequential, FLOOR_ULPS * eps)``; a cell passes when it is at most
 ``FACTOR``. ``zf`` and ``grad_zi`` are only N numbers each, so the sequential
 error on them alone is a lucky or unlucky draw; theirs is at least the
-sequential error over the region they come from: the last ``WINDOW`` samples of
-``y`` (relative to the largest true value there), the first ``WINDOW`` samples
-of ``grad_x``.
+sequential error over the region they come from, carried to them: the error of
+the last ``WINDOW`` samples of ``y`` relative to ``max |zf|`` (zf is N of those
+samples), and the error of the first ``WINDOW`` samples of ``grad_x`` times
+``max_k sum_t |A[t, t+k]| max |grad_x| / max |grad_zi|``, how much the sum that
+makes ``grad_zi`` from them can amplify it where it cancels.
 
 Only stable filters count: a design whose coefficients, rounded to float32, put
 a pole on or outside the unit circle has no float32 cells (they are listed as
@@ -619,7 +621,9 @@ def _scipy(x, A, zi, g):
     return np.stack(ys), np.stack(gxs)
 
 
-def _errors(results, truth, plain, scipy_results, N, quantities=QUANTITIES, plain_fused=None):
+def _errors(
+    results, truth, plain, scipy_results, N, quantities=QUANTITIES, plain_fused=None, A=None
+):
     y, gx, gA, gzi = (np.asarray(r, dtype=np.float64) for r in results)
     y_hi = np.stack([t[0][0] for t in truth])
     y_lo = np.stack([t[0][1] for t in truth])
@@ -665,16 +669,43 @@ def _errors(results, truth, plain, scipy_results, N, quantities=QUANTITIES, plai
     }
     # zf and grad_zi are N numbers each, too few for the sequential error on them to
     # be more than a draw (it comes out ten times below its usual level by luck);
-    # their baseline is at least the sequential error where they come from: the
-    # last WINDOW samples of y, the first WINDOW samples of grad_x.
+    # their baseline is at least the sequential error where they come from, the
+    # last WINDOW samples of y and the first WINDOW samples of grad_x, carried to
+    # them: zf is N of those samples, whose error, relative to the window's
+    # largest value, is larger relative to zf's own where zf is smaller; grad_zi
+    # sums the first samples of grad_x times coefficients, cancelling where the
+    # sum is small next to its terms (a low-cutoff Butterworth: 30x), so their
+    # errors weigh sum |A| max |grad_x| / max |grad_zi| times more there.
     W = max(WINDOW, N)
+    rows = range(len(y_hi))
+
+    def carried(index, cut, hi, lo, weights):
+        return max(
+            sequential_error(index, lambda v, b=b: cut(v)[b : b + 1], hi[b : b + 1], lo[b : b + 1])
+            * weights[b]
+            for b in rows
+        ) if len(y_hi) else 0.0
+
+    def largest(values):
+        return np.abs(np.asarray(values, dtype=np.float64)).reshape(len(y_hi), -1).max(axis=1, initial=0)
+
+    zf_weights = largest(y_hi[:, -W:]) / np.maximum(largest(y_hi[:, -N:]), np.finfo(float).tiny)
     table["zf"]["baseline"] = max(
         table["zf"]["sequential"],
-        sequential_error(0, lambda v: v[:, -W:], y_hi[:, -W:], y_lo[:, -W:]),
+        carried(0, lambda v: v[:, -W:], y_hi[:, -W:], y_lo[:, -W:], np.maximum(zf_weights, 1)),
     )
+    zi_weights = np.ones(len(y_hi))
+    if A is not None:
+        lags = np.abs(np.asarray(A)).reshape(len(y_hi), -1, N)
+        # sum_t |A[t, t+k]| over the steps that reach zi[k], the largest over k.
+        reach = np.array([
+            max(sum(lags[b, min(t, lags.shape[1] - 1), t + k] for t in range(N - k)) for k in range(N))
+            for b in rows
+        ])
+        zi_weights = reach * largest(gx_hi[:, :W]) / np.maximum(largest(gzi_t), np.finfo(float).tiny)
     table["grad_zi"]["baseline"] = max(
         table["grad_zi"]["sequential"],
-        sequential_error(1, lambda v: v[:, :W], gx_hi[:, :W], gx_lo[:, :W]),
+        carried(1, lambda v: v[:, :W], gx_hi[:, :W], gx_lo[:, :W], np.maximum(zi_weights, 1)),
     )
     return {q: table[q] for q in quantities}
 
@@ -787,7 +818,7 @@ def run_cell(cell: Cell) -> Cell:
         cell.errors = _errors(
             [r.numpy() if isinstance(r, torch.Tensor) else r for r in results],
             truth, plain, _scipy(x, A, zi, g), flt.order,
-            plain_fused=[loops.sequential(*row, fused=True) for row in rows],
+            plain_fused=[loops.sequential(*row, fused=True) for row in rows], A=A.numpy(),
         )
     cell.seconds = time.perf_counter() - start
     return cell
@@ -927,7 +958,11 @@ def write_report(results: list[Cell], facts: dict, path: Path) -> None:
         "batch. **Truth**: the recursion and its adjoint in double-double arithmetic on the "
         "same dtype-rounded coefficients and inputs. **Ratio**: path error / max(sequential "
         f"error, {FLOOR_ULPS:g} eps), worst over the quantities; a cell passes at <= "
-        f"{FACTOR:g}. See `benchmarks/accuracy.py` for the panel and the paths.",
+        f"{FACTOR:g}. `zf` and `grad_zi` are N numbers each, so the sequential error on "
+        "them alone is a draw: their baseline is at least the sequential error where they "
+        f"come from (the last {WINDOW} samples of `y`, the first {WINDOW} of `grad_x`), "
+        "carried to them (see `benchmarks/accuracy.py`, which also has the panel and the "
+        "paths).",
         "",
         f"**{len(done) - len(failed)} of {len(done)} cells pass**"
         + (f"; {len(failed)} fail (listed first)." if failed else "."),

@@ -117,10 +117,8 @@ def numba_ready(op: str, x: Tensor, A: Tensor | None = None) -> bool:
     from .kernels import cpu_compile
 
     if A is None:
-        key, prepare, what = cpu_compile.linear_recurrence_preparation(op, x)
-    else:
-        key, prepare, what = cpu_compile.allpole_preparation(op, x, A)
-    return cpu_compile.ready(key, prepare, what)
+        return cpu_compile.ready(cpu_compile.linear_recurrence_key(op, x))
+    return cpu_compile.ready(cpu_compile.allpole_key(op, x, A))
 
 
 def _backend_for(op: str, x: Tensor, A: Tensor) -> str:

@@ -33,6 +33,7 @@ from typing import Callable, Hashable
 
 import torch
 
+from . import cpu_plan
 from .cpu_plan import family_of, split_over_time
 
 ENV_VARIABLE = "TORCHLPC_CPU_COMPILE"
@@ -60,16 +61,17 @@ def mode() -> str:
     return value
 
 
-def ready(key: Hashable, prepare: Callable[[], None], what: str) -> bool:
+def ready(key: Hashable) -> bool:
     """Whether the kernels of calls of kind ``key`` may run now.
 
-    In ``background`` mode a kind seen for the first time starts ``prepare`` on a
-    thread and is not ready until it returns. In ``wait`` mode every kind is ready:
-    the call compiles what it needs (after one log line, the first time).
+    In ``background`` mode a kind seen for the first time starts its preparation
+    on a thread and is not ready until it is done. In ``wait`` mode every kind is
+    ready: the call compiles what it needs (after one log line, the first time).
     """
     waits = mode() == "wait"
     if key in _ready:
         return True
+    prepare, what = _plan(key)
     if waits:
         with _lock:
             if key in _ready:
@@ -128,59 +130,63 @@ os.register_at_fork(before=wait_for_all)
 
 
 # ---------------------------------------------------------------------------
-# What a call needs, and its preparation. Deciding imports nothing (a first call
-# does not wait for numba's import either); preparing imports the kernels.
+# What a call needs, and its preparation. The key is made from shapes alone and
+# imports nothing (a first call does not wait for numba's import either); the
+# preparation, made from the key, imports the kernels.
 
 _FAMILY_NAMES = {1: "order 1", 2: "order 2", 3: "orders 3-7", 8: "orders 8 and up"}
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def allpole_preparation(op: str, x: torch.Tensor, A: torch.Tensor):
-    """``(key, prepare, description)`` of an ``allpole`` or ``allpole_vjp`` call
-    (x is its signal, or grad_y): the kernels depend on the dtype, the order's
-    family, time-invariance and, for one long time-invariant sequence, the split
-    over threads."""
+def allpole_key(op: str, x: torch.Tensor, A: torch.Tensor) -> tuple:
+    """The kind of an ``allpole`` or ``allpole_vjp`` call (x is its signal, or
+    grad_y): its kernels depend on the dtype, the order's family, time-invariance
+    and, for one long time-invariant sequence, the split over threads."""
     (B, T), N = x.shape, A.shape[-1]
     invariant = A.shape[1] == 1
-    split = invariant and split_over_time(B, T, N)
-    dtype = x.dtype
+    return (op, x.dtype, family_of(N), invariant, invariant and split_over_time(B, T, N))
+
+
+def linear_recurrence_key(op: str, x: torch.Tensor) -> tuple:
+    """The kind of a ``linear_recurrence`` or ``linear_recurrence_vjp`` call."""
+    return (op, x.dtype)
+
+
+def _plan(key: tuple) -> tuple[Callable[[], None], str]:
+    """What prepares the kernels of calls of kind ``key`` (the wrapper run on
+    stand-in zeros: an order of the family, the split path's length), and a
+    description of them."""
+    op, dtype = key[:2]
+    name = f"{op}, {str(dtype).replace('torch.', '')}"
+    if op.startswith("linear_recurrence"):
+
+        def prepare() -> None:
+            from . import cpu_numba
+
+            a0 = torch.zeros(1, 4, dtype=dtype)
+            zi0 = torch.zeros(1, dtype=dtype)
+            if op == "linear_recurrence":
+                cpu_numba.linear_recurrence(a0, a0, zi0)
+            else:
+                cpu_numba.linear_recurrence_vjp(a0, a0, a0, zi0, True)
+
+        return prepare, name
+
+    family, invariant, split = key[2:]
 
     def prepare() -> None:
         from . import cpu_numba
 
-        steps = T if split else N + 3
+        steps = cpu_plan.SPLIT_MIN_STEPS if split else family + 3
         x0 = torch.zeros(1, steps, dtype=dtype)
-        A0 = torch.zeros(1, 1 if invariant else steps, N, dtype=dtype)
-        zi0 = torch.zeros(1, N, dtype=dtype)
+        A0 = torch.zeros(1, 1 if invariant else steps, family, dtype=dtype)
+        zi0 = torch.zeros(1, family, dtype=dtype)
         if op == "allpole":
             cpu_numba.allpole(x0, A0, zi0)
         else:
             cpu_numba.allpole_vjp(x0, A0, x0, zi0, True)
 
     what = (
-        f"{op}, {_dtype_name(dtype)}, {_FAMILY_NAMES[family_of(N)]}, "
-        f"{'time-invariant' if invariant else 'time-varying'}"
+        f"{name}, {_FAMILY_NAMES[family]}, {'time-invariant' if invariant else 'time-varying'}"
         f"{', one sequence over the threads' if split else ''}"
     )
-    return (op, dtype, family_of(N), invariant, split), prepare, what
-
-
-def linear_recurrence_preparation(op: str, x: torch.Tensor):
-    """``(key, prepare, description)`` of a ``linear_recurrence`` or
-    ``linear_recurrence_vjp`` call (x is its signal, or grad_y)."""
-    dtype = x.dtype
-
-    def prepare() -> None:
-        from . import cpu_numba
-
-        a0 = torch.zeros(1, 4, dtype=dtype)
-        zi0 = torch.zeros(1, dtype=dtype)
-        if op == "linear_recurrence":
-            cpu_numba.linear_recurrence(a0, a0, zi0)
-        else:
-            cpu_numba.linear_recurrence_vjp(a0, a0, a0, zi0, True)
-
-    return (op, dtype), prepare, f"{op}, {_dtype_name(dtype)}"
+    return prepare, what
