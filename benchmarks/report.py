@@ -222,7 +222,8 @@ class Report:
                 "CPU",
                 f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs "
                 f"({machine['usable_cpus']} usable), "
-                f"{ours.get('cpu_capability', '?')} kernels in torch",
+                f"{ours.get('cpu_capability', '?')} kernels in torch"
+                + (f"; flags {' '.join(machine['cpu_flags'])}" if machine.get("cpu_flags") else ""),
             ),
             (
                 "Threads",

@@ -320,6 +320,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set flags that decide how fast the kernels can be (numba
+# compiles for the host CPU): recorded so that a run on another machine can be
+# told apart from noise.
+_SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl")
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in _SIMD_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def _memory_total_gib() -> float | None:
     try:
         with open("/proc/meminfo") as handle:
@@ -356,6 +374,7 @@ def _git_revision() -> str | None:
 def machine_facts(threads: int) -> dict:
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": threads,

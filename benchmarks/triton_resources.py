@@ -3,6 +3,7 @@
     python -m benchmarks.triton_resources                    # the table, to stdout
     python -m benchmarks.triton_resources --write            # into docs/performance.md
     python -m benchmarks.triton_resources --all --jobs 8     # every order, every target
+    python -m benchmarks.triton_resources --all --out benchmarks/results/triton-resources.md
 
 The variants are those :func:`torchlpc.kernels.cuda_triton.every_plan` lists: the
 launch plans ``allpole`` and ``allpole_vjp`` run, so each kernel is compiled with
@@ -212,6 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="every order and target")
     parser.add_argument("--jobs", type=int, help="compiler processes (default: one per CPU)")
     parser.add_argument("--write", action="store_true", help=f"write the table into {DOC}")
+    parser.add_argument("--out", type=Path, help="also write the table, as a Markdown page, to this file")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.all:
@@ -231,6 +233,11 @@ def main(argv=None) -> int:
         print(f"spills: {name} sm_{capability}: {result}", file=sys.stderr)
     if args.write:
         write_doc(markdown)
+    if args.out:
+        args.out.write_text(
+            "# Triton kernels: resources per compiled variant\n\n"
+            "<!-- Generated; do not edit by hand. -->\n\n" + markdown + "\n"
+        )
     return 0
 
 

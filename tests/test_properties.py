@@ -394,7 +394,33 @@ def _loop_errors(call, x, A, zi, grad_y, grad_zf, truth):
             errors[key] = torch.maximum(errors[key], region)
     if "grad_zi" in errors:
         errors["grad_zi"] = torch.maximum(errors["grad_zi"], _grad_zi_rounding(call, A, truth))
+    errors["y"] = torch.maximum(errors["y"], _y_rounding(call, x, A, zi, truth))
     return errors
+
+
+def _y_rounding(call, x, A, zi, truth):
+    """Per sequence: the rounding bound of the sums that make y, relative to y.
+
+    ``y[t] = x[t] - sum_i A[t, i-1] y[t-i]`` sums N + 1 terms; in any order its
+    rounding error is at most about (N + 1) u (|x[t]| + sum_i |A[t, i-1]| |y[t-i]|).
+    Where the terms cancel (T < N, the state's terms dominating) that is far above
+    an ulp of y and the loop's own error is a lucky draw below it (the Triton
+    kernel sums the row as a tree: 5.5 times the loop's error, 8 ulps of y).
+    """
+    batch, T, N = call["batch"], call["T"], call["N"]
+    B = math.prod(batch)
+    y = _rows(truth["y"], batch).abs().to(torch.float64)
+    if B == 0 or T == 0:
+        return torch.zeros(B, dtype=torch.float64)
+    state = torch.zeros(B, N, dtype=torch.float64) if zi is None else _rows(zi.expand(*batch, N), batch)
+    padded = torch.cat([state.abs().to(torch.float64).flip(-1), y], dim=1)
+    coefficients = A.expand(*batch, *A.shape[-2:]).reshape(B, -1, N).abs().to(torch.float64)
+    terms = _rows(x, batch).abs().to(torch.float64)
+    for i in range(1, N + 1):
+        terms = terms + coefficients[:, :, i - 1] * padded[:, N - i : N - i + T]
+    scale = y.amax(1)
+    bound = _ulp(call["dtype"]) / 2 * (N + 1) * terms.amax(1)
+    return torch.where(scale > 0, bound / torch.where(scale > 0, scale, 1), bound)
 
 
 def _grad_zi_rounding(call, A, truth):
