@@ -24,6 +24,9 @@ import torchlpc
 
 from conftest import assert_close, filter_inputs, make_generator, randn
 
+# Threads, processes and thousands of calls: CI's extended step.
+pytestmark = pytest.mark.extended
+
 # (batch, T, N, dtype, time-varying): the batched kernels of order 1, 2, < 8 and
 # >= 8, time-invariant filters (a long one split over time when the batch is
 # smaller than the thread count), complex, and outputs above the 1 MiB at which

@@ -58,6 +58,7 @@ def run(script: str, mode: str | None) -> str:
     return result.stdout
 
 
+@pytest.mark.extended  # a Python process of its own
 def test_background_mode_serves_first_calls_from_the_chunked_path():
     out = run(
         """
@@ -82,6 +83,7 @@ def test_background_mode_serves_first_calls_from_the_chunked_path():
     assert out.strip().endswith("done")
 
 
+@pytest.mark.extended  # a Python process of its own
 def test_background_mode_backward_and_linear_recurrence():
     run(
         """
@@ -108,6 +110,7 @@ def test_background_mode_backward_and_linear_recurrence():
     )
 
 
+@pytest.mark.extended  # a Python process of its own
 def test_wait_mode_runs_the_kernels_from_the_first_call():
     out = run(
         """
@@ -139,6 +142,7 @@ def test_unknown_mode_is_an_error(monkeypatch):
         torch.ops.torchlpc.allpole(x, torch.zeros(1, 4, 1), torch.zeros(1, 1))
 
 
+@pytest.mark.extended  # a Python process of its own
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_while_compiling_leaves_a_working_child():
     # The fork waits for the preparation in flight; a child that inherited a held

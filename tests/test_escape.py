@@ -30,6 +30,9 @@ from torchlpc.kernels import _buffers
 
 from _escape_helpers import Outputs, digest, holder, inputs, output
 
+# Real processes, DataLoader workers and shared memory: CI's extended step.
+pytestmark = pytest.mark.extended
+
 # Outputs made at once after a tensor escaped: more than the free storages the cache
 # can have of this size, so that a storage it wrongly thinks free is handed out.
 FILL = 4

@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 import torch.distributed
 
+# Each example is a Python process of its own: CI's extended step.
+pytestmark = pytest.mark.extended
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 DOCS = ROOT / "docs"
