@@ -394,12 +394,18 @@ def _loop_errors(call, x, A, zi, grad_y, grad_zf, truth):
             errors[key] = torch.maximum(errors[key], region)
     if "grad_zi" in errors:
         errors["grad_zi"] = torch.maximum(errors["grad_zi"], _grad_zi_rounding(call, A, truth))
-    errors["y"] = torch.maximum(errors["y"], _y_rounding(call, x, A, zi, truth))
+    bound = _y_rounding(call, x, A, zi, truth)
+    for key in ("y", "zf"):
+        if key in errors:
+            scale = _rows(truth[key], batch).abs().amax(1) if truth[key].numel() else bound
+            relative = torch.where(scale > 0, bound / torch.where(scale > 0, scale, 1), bound)
+            errors[key] = torch.maximum(errors[key], relative)
     return errors
 
 
 def _y_rounding(call, x, A, zi, truth):
-    """Per sequence: the rounding bound of the sums that make y, relative to y.
+    """Per sequence: the rounding bound of the sums that make y (absolute; y and
+    zf, which is y's last values, take it relative to their own largest value).
 
     ``y[t] = x[t] - sum_i A[t, i-1] y[t-i]`` sums N + 1 terms; in any order its
     rounding error is at most about (N + 1) u (|x[t]| + sum_i |A[t, i-1]| |y[t-i]|).
@@ -418,9 +424,7 @@ def _y_rounding(call, x, A, zi, truth):
     terms = _rows(x, batch).abs().to(torch.float64)
     for i in range(1, N + 1):
         terms = terms + coefficients[:, :, i - 1] * padded[:, N - i : N - i + T]
-    scale = y.amax(1)
-    bound = _ulp(call["dtype"]) / 2 * (N + 1) * terms.amax(1)
-    return torch.where(scale > 0, bound / torch.where(scale > 0, scale, 1), bound)
+    return _ulp(call["dtype"]) / 2 * (N + 1) * terms.amax(1)
 
 
 def _grad_zi_rounding(call, A, truth):
