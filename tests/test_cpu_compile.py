@@ -75,7 +75,7 @@ def test_background_mode_serves_first_calls_from_the_chunked_path():
         torch.testing.assert_close(again, y)
         print("done")
         """,
-        mode=None,
+        mode="background",
     )
     lines = [line for line in out.splitlines() if "preparing numba CPU kernels" in line]
     assert len(lines) == 1, out

@@ -11,10 +11,10 @@ call runs on the chunked PyTorch path meanwhile, whose results are within the
 same accuracy bound. The thread is the process's only work on them: later calls
 of the same kind take the chunked path until it is done, then the kernels.
 
-``TORCHLPC_CPU_COMPILE=wait`` (or ``torch.use_deterministic_algorithms(True)``)
-makes calls wait for their kernels instead, so that every call of a process runs
-the same code and repeats bit for bit; so does forcing the backend with
-``TORCHLPC_BACKEND=numba``. The first preparation of each kind logs one line on
+That is ``TORCHLPC_CPU_COMPILE=background``, an opt-in. The default, ``wait``
+(also whenever ``torch.use_deterministic_algorithms(True)`` is on, and with
+``TORCHLPC_BACKEND=numba``), makes calls wait for their kernels, so that every
+call of a process runs the same code and repeats bit for bit (see :func:`mode`). The first preparation of each kind logs one line on
 the ``torchlpc`` logger (level INFO) saying what it prepares.
 
 Processes: ``os.fork`` waits for the compilations in flight (a child forked
@@ -49,13 +49,16 @@ _running: dict[Hashable, threading.Thread] = {}
 
 
 def mode() -> str:
-    """``background`` or ``wait``: ``TORCHLPC_CPU_COMPILE``, and ``wait`` whenever
-    PyTorch's deterministic algorithms are on."""
-    value = os.environ.get(ENV_VARIABLE, "").strip().lower() or "background"
+    """``background`` or ``wait``: ``TORCHLPC_CPU_COMPILE`` (default ``wait``), and
+    ``wait`` whenever PyTorch's deterministic algorithms are on. Not background by
+    default: a call repeated across the end of a compilation runs on two paths and
+    differs in its last bits, and torch.autograd.gradcheck (torchlpc 0.7.2's own
+    test_grad.py) then reports a backward that is not reentrant."""
+    value = os.environ.get(ENV_VARIABLE, "").strip().lower() or "wait"
     if value not in MODES:
         raise ValueError(
             f"{ENV_VARIABLE}={value!r} is not a mode; expected one of {', '.join(MODES)} "
-            "(unset means background)."
+            "(unset means wait)."
         )
     if torch.are_deterministic_algorithms_enabled():
         return "wait"
