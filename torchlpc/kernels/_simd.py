@@ -287,13 +287,20 @@ def set_neg_scaled_conj_reversed(out, io, b, ib_last, s, n):  # pragma: no cover
 
 _LOOP_OPTIONS = {"fastmath": {"contract"}}
 
+# inline="always": numba puts the primitive's code into the caller's loop itself.
+# Left to LLVM's inliner, they were inlined for AVX2 targets but called once per
+# time step, with the register-held outputs spilled around the call, when numba
+# compiled for AVX-512 CPUs (znver4, skylake-avx512): the forward at N >= 8 ran
+# 3x slower on an AVX-512 EPYC than on this AVX2 one. tests/test_cpu_codegen.py
+# checks the assembly for those targets.
+
 
 def _zero(array_type):
     """A zero of the array's dtype, frozen into the compiled loop."""
     return np.dtype(str(array_type.dtype)).type(0)
 
 
-@overload(dot_reversed, jit_options=_LOOP_OPTIONS)
+@overload(dot_reversed, jit_options=_LOOP_OPTIONS, inline="always")
 def _dot_reversed_overload(a, ia, b, ib_last, n):
     if _is_real_row(a) and _is_real_row(b) and a.dtype == b.dtype:
         return lambda a, ia, b, ib_last, n: _real_dot_reversed(a, ia, b, ib_last, n)
@@ -310,7 +317,7 @@ def _dot_reversed_overload(a, ia, b, ib_last, n):
     return None
 
 
-@overload(dot_conj, jit_options=_LOOP_OPTIONS)
+@overload(dot_conj, jit_options=_LOOP_OPTIONS, inline="always")
 def _dot_conj_overload(a, ia, b, ib, n):
     if _is_real_row(a) and _is_real_row(b) and a.dtype == b.dtype:
         return lambda a, ia, b, ib, n: _real_dot(a, ia, b, ib, n)
@@ -327,7 +334,7 @@ def _dot_conj_overload(a, ia, b, ib, n):
     return None
 
 
-@overload(sub_conj_scaled_reversed, jit_options=_LOOP_OPTIONS)
+@overload(sub_conj_scaled_reversed, jit_options=_LOOP_OPTIONS, inline="always")
 def _sub_conj_scaled_reversed_overload(y, iy_last, a, ia, s, n):
     if _is_real_row(y) and _is_real_row(a) and y.dtype == a.dtype:
         return lambda y, iy_last, a, ia, s, n: _real_sub_scaled_reversed(y, iy_last, a, ia, s, n)
@@ -341,7 +348,7 @@ def _sub_conj_scaled_reversed_overload(y, iy_last, a, ia, s, n):
     return None
 
 
-@overload(set_neg_scaled_conj_reversed, jit_options=_LOOP_OPTIONS)
+@overload(set_neg_scaled_conj_reversed, jit_options=_LOOP_OPTIONS, inline="always")
 def _set_neg_scaled_conj_reversed_overload(out, io, b, ib_last, s, n):
     if _is_real_row(out) and _is_real_row(b) and out.dtype == b.dtype:
         return lambda out, io, b, ib_last, s, n: _real_set_neg_scaled_reversed(out, io, b, ib_last, s, n)
