@@ -290,8 +290,9 @@ _LOOP_OPTIONS = {"fastmath": {"contract"}}
 # inline="always": numba puts the primitive's code into the caller's loop itself.
 # Left to LLVM's inliner, they were inlined for AVX2 targets but called once per
 # time step, with the register-held outputs spilled around the call, when numba
-# compiled for AVX-512 CPUs (znver4, skylake-avx512): the forward at N >= 8 ran
-# 3x slower on an AVX-512 EPYC than on this AVX2 one. tests/test_cpu_codegen.py
+# compiled for AVX-512 CPUs (znver4, skylake-avx512). A 2-core AVX-512 EPYC
+# measured the forward at N = 8 at 10.9 ns a sample, an AVX2 one 3.5: this is the
+# likely cause (the AVX-512 code cannot run here to time it). tests/test_cpu_codegen.py
 # checks the assembly for those targets.
 
 
