@@ -5,13 +5,13 @@ The CPU kernels take a different loop for each range of the filter order
 the rest as vector operations whose length is N - 8), treat the first and last
 N steps apart from the rest, run a time-invariant backward pass as the forward
 kernel backwards in time, and sum a time-invariant grad_A in blocks of
-``cpu_numba._BLOCK`` steps. The cases below put every order range, every
+``cpu_jit._BLOCK`` steps. The cases below put every order range, every
 remainder of the vector length (8 float32 or 4 float64 lanes, two vectors per
 iteration of the dot product) and every boundary (T < N, T = N, T = N + 1,
 T just past 2N, T across one and two blocks) through the numba backend, time varying and time invariant, and
 compare y, zf and the gradients of x, A and zi with the reference loop run in
 double precision. Batches of first-order sequences go four at a time, skewed in
-time (``cpu_numba._fwd_order1_rows``): batches of 4 to 9 rows, lengths around
+time (``cpu_order1._fwd_order1_rows``): batches of 4 to 9 rows, lengths around
 the shortest that takes that path, and a call large enough to be split over
 threads.
 
@@ -34,9 +34,9 @@ from test_filter import check_against_reference
 from test_linear_recurrence import library as recurrence_library
 from test_linear_recurrence import make_inputs as recurrence_inputs
 from test_linear_recurrence import reference as recurrence_reference
-from torchlpc.kernels import cpu_numba, cpu_plan
+from torchlpc.kernels import cpu_forward, cpu_invariant, cpu_jit, cpu_order1, cpu_plan
 
-BLOCK = cpu_numba._BLOCK
+BLOCK = cpu_jit._BLOCK
 # A length that spans a few cache lines of every dtype, for the order-1 cases.
 SCAN = 64
 HIGH_ORDER_REFLECTION = 0.5
@@ -133,16 +133,16 @@ SPLIT_REFLECTION = 0.1
 def split_over_time(monkeypatch):
     """Forces the split of short sequences; yields the segments run from a warm-up."""
     monkeypatch.setattr(cpu_plan, "SPLIT_MIN_STEPS", 1)
-    monkeypatch.setattr(cpu_numba, "_WARMUPS_PER_SEGMENT", 1)
+    monkeypatch.setattr(cpu_invariant, "_WARMUPS_PER_SEGMENT", 1)
     warmed_up = []
-    run = cpu_numba._fwd_warmed_up
+    run = cpu_invariant._fwd_warmed_up
 
     def counted(x, a, zi, y, lo, hi, W, reached):
         if lo > 0:
             warmed_up.append((lo, W))
         return run(x, a, zi, y, lo, hi, W, reached)
 
-    monkeypatch.setattr(cpu_numba, "_fwd_warmed_up", counted)
+    monkeypatch.setattr(cpu_invariant, "_fwd_warmed_up", counted)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     yield warmed_up
@@ -183,13 +183,13 @@ def test_warmup_outlasts_the_response_to_a_state(design, dtype):
     import numpy as np
 
     a = _denominator(design)[1:]
-    W = cpu_numba._warmup_steps(a, np.dtype(dtype))
+    W = cpu_invariant._warmup_steps(a, np.dtype(dtype))
     assert np.isfinite(W) and W >= len(a)
     steps = int(W) + len(a)
     rng = np.random.default_rng(0)
     for state in [np.ones(len(a)), rng.standard_normal(len(a)), np.eye(len(a))[-1]]:
         response = np.empty(steps)
-        cpu_numba._fwd(np.zeros(steps), a, 0, state, response)
+        cpu_forward._fwd(np.zeros(steps), a, 0, state, response)
         tail = np.abs(response[int(W) :]).max()
         bits = 24 if dtype == "float32" else 53
         # float64 rounding stops the check near 1e-16 of the transient's peak.
@@ -205,10 +205,10 @@ def test_warmup_from_the_start_uses_the_initial_state():
     x = np.random.default_rng(1).standard_normal(300)
     zi = np.array([0.3, -2.0])
     whole = np.empty(300)
-    cpu_numba._fwd(x, a, 0, zi, whole)
+    cpu_forward._fwd(x, a, 0, zi, whole)
     part = np.full(300, np.nan)
     reached = np.empty(2)
-    cpu_numba._fwd_warmed_up(x, a, zi, part, 100, 300, 1000, reached)
+    cpu_invariant._fwd_warmed_up(x, a, zi, part, 100, 300, 1000, reached)
     np.testing.assert_allclose(reached, whole[99:97:-1], rtol=1e-13, atol=1e-13)
     # The same recursion, but the first steps after t = 100 take the head loop's order.
     np.testing.assert_allclose(part[100:], whole[100:], rtol=1e-13, atol=1e-13)
@@ -222,23 +222,23 @@ def test_split_is_exact_whatever_the_warmup(monkeypatch, warmup):
     segment and is carried into the next ones) still gives the recursion."""
     import numpy as np
 
-    monkeypatch.setattr(cpu_numba, "_warmup_steps", lambda a, dtype: float(warmup))
-    monkeypatch.setattr(cpu_numba, "_split_parts", lambda: 6)
+    monkeypatch.setattr(cpu_invariant, "_warmup_steps", lambda a, dtype: float(warmup))
+    monkeypatch.setattr(cpu_invariant, "_split_parts", lambda: 6)
     a = np.array([-1.99 * np.cos(0.05), 0.995**2])
     rng = np.random.default_rng(2)
     x, zi = rng.standard_normal(3000), rng.standard_normal(2)
     whole, split = np.empty(3000), np.empty(3000)
-    cpu_numba._fwd(x, a, 0, zi, whole)
-    cpu_numba._invariant_fwd_over_time(x, a, zi, split)
+    cpu_forward._fwd(x, a, 0, zi, whole)
+    cpu_invariant._invariant_fwd_over_time(x, a, zi, split)
     np.testing.assert_allclose(split, whole, rtol=0, atol=1e-10 * np.abs(whole).max())
 
 
 def test_unstable_or_slow_filters_are_not_split():
     import numpy as np
 
-    assert cpu_numba._warmup_steps(np.array([-1.0]), np.float32) == float("inf")
-    assert cpu_numba._warmup_steps(np.array([-2.0, 1.0001]), np.float64) == float("inf")
-    assert cpu_numba._warmup_steps(np.array([0.0, 0.0]), np.float32) == 2
+    assert cpu_invariant._warmup_steps(np.array([-1.0]), np.float32) == float("inf")
+    assert cpu_invariant._warmup_steps(np.array([-2.0, 1.0001]), np.float64) == float("inf")
+    assert cpu_invariant._warmup_steps(np.array([0.0, 0.0]), np.float32) == 2
 
 
 @pytest.mark.parametrize("T", [1537, 3000])
@@ -263,7 +263,7 @@ def test_time_invariant_split_without_coefficient_gradient(split_over_time, T):
 # Time-varying order 1 (linear_recurrence, and sample_wise_lpc with N = 1) takes
 # rows four at a time once T > 4 _SKEW, row r r _SKEW steps behind row 0, with
 # ramps at both ends; the rows left over take the one-row recursion.
-SKEW = cpu_numba._SKEW
+SKEW = cpu_order1._SKEW
 ROWS_CASES = [
     pytest.param(batch, T, id=f"B{batch}-T{T}")
     for batch, T in [(4, 4 * SKEW), (4, 4 * SKEW + 1), (5, 4 * SKEW + 2), (7, 333), (9, 1500)]

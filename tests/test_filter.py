@@ -547,9 +547,9 @@ def test_numba_drivers(monkeypatch, two_threads, B, T, N, driver, varying, dtype
     Serial: one kernel call over the whole batch. Parallel: several calls on
     consecutive slices of the batch, which together cover it once.
     """
-    from torchlpc.kernels import cpu_numba
+    from torchlpc.kernels import cpu_numba, cpu_threads
 
-    assert cpu_numba._PARALLEL_MIN_WORK == PARALLEL_MIN_WORK
+    assert cpu_threads._PARALLEL_MIN_WORK == PARALLEL_MIN_WORK
     assert (B > 1 and B * T * N >= PARALLEL_MIN_WORK) == (driver == "parallel")
     monkeypatch.setenv("TORCHLPC_BACKEND", "numba")
     rows = {}
