@@ -183,21 +183,43 @@ def _loop_columns(launch, result) -> tuple[str, str]:
 
 
 def table(rows) -> str:
-    """The markdown table of ``compile_all``'s rows."""
+    """The markdown table of ``compile_all``'s rows (a target column when there are several)."""
+    targets = len({capability for _, _, capability, _ in rows}) > 1
     out = [
-        "| variant | kernel | warps | BT | registers | spill (stack + local) bytes | shared "
-        "bytes | global loads / stores per step | per block (or loop iteration) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| variant | kernel |" + (" target |" if targets else "") + " warps | BT | registers | "
+        "spill (stack + local) bytes | shared bytes | global loads / stores per step | "
+        "per block (or loop iteration) |",
+        "|---|---|" + ("---|" if targets else "") + "---:|---:|---:|---:|---:|---|---|",
     ]
     for name, launch, capability, result in rows:
         variant, kernel = name.split(":")
         per_step, per_block = _loop_columns(launch, result)
+        target = f" sm_{capability} |" if targets else ""
         out.append(
-            f"| {variant} | {kernel} | {launch.options['num_warps']} | "
+            f"| {variant} | {kernel} |{target} {launch.options['num_warps']} | "
             f"{launch.constexprs.get('BT', '-')} | {result['registers']} | "
             f"{result['stack'] + result['local']} | {result['shared']} | {per_step} | {per_block} |"
         )
     return "\n".join(out)
+
+
+def spill_summary(rows) -> str:
+    """One line per compile that spills, or a line saying none does."""
+    bad = [r for r in rows if spills(r[3])]
+    if not bad:
+        return "No variant spills registers."
+    small = [r for r in bad if "-float32-" in r[0] and r[1].constexprs["N"] <= 32]
+    lines = [
+        f"{len(bad)} of {len(rows)} compiles spill registers; {len(small)} of them in float32 "
+        "at N <= 32:",
+        "",
+    ]
+    for name, launch, capability, result in bad:
+        lines.append(
+            f"- {name} sm_{capability}: {result['registers']} registers, "
+            f"{result['stack'] + result['local']} bytes of stack and local memory"
+        )
+    return "\n".join(lines)
 
 
 def write_doc(markdown: str, doc: Path = DOC) -> None:
@@ -236,7 +258,8 @@ def main(argv=None) -> int:
     if args.out:
         args.out.write_text(
             "# Triton kernels: resources per compiled variant\n\n"
-            "<!-- Generated; do not edit by hand. -->\n\n" + markdown + "\n"
+            "<!-- Generated; do not edit by hand. -->\n\n" + header + "\n\n"
+            + spill_summary(rows) + "\n\n" + table(rows) + "\n"
         )
     return 0
 

@@ -12,8 +12,9 @@ about 75 CPU-seconds): for sm_90 every variant at N = 32 (the widest block at
 N <= 32, so the most registers) and the float32 sequential kernels at the
 largest order; and the float32 sequential kernels at N = 32 for sm_80 and
 sm_120. ``TORCHLPC_COMPILE_ALL=1`` compiles every variant at every order of
-``benchmarks.triton_resources.ORDERS`` for all three targets (several minutes;
-``python -m benchmarks.triton_resources --all`` prints its table).
+``benchmarks.triton_resources.ORDERS`` for all three targets (about 1,100 compiles;
+CI's extended step sets it; ``python -m benchmarks.triton_resources --all --out
+benchmarks/results/triton-resources.md`` writes their table).
 """
 
 from __future__ import annotations
