@@ -43,6 +43,8 @@ class Case:
     N: int
     dtype: str = "float32"
     time_invariant: bool = False
+    # Threads of the workers that run the case; None: the run's --threads.
+    threads: int | None = None
 
     @property
     def name(self) -> str:
@@ -50,7 +52,8 @@ class Case:
         shape = (
             f"{self.B}x{self.T}" if self.op == LINEAR_RECURRENCE else f"{self.B}x{self.T}x{self.N}"
         )
-        return f"{kind}-{self.dtype.replace('float', 'f')}-{shape}"
+        threads = f"-{self.threads}thread" if self.threads else ""
+        return f"{kind}-{self.dtype.replace('float', 'f')}-{shape}{threads}"
 
     @property
     def seed(self) -> int:
@@ -91,8 +94,8 @@ class Case:
         return {**asdict(self), "name": self.name, "seed": self.seed, "samples": self.samples}
 
 
-def _allpole(group, shapes, dtype="float32", time_invariant=False):
-    return [Case(group, ALLPOLE, B, T, N, dtype, time_invariant) for B, T, N in shapes]
+def _allpole(group, shapes, dtype="float32", time_invariant=False, threads=None):
+    return [Case(group, ALLPOLE, B, T, N, dtype, time_invariant, threads) for B, T, N in shapes]
 
 
 _TIME_VARYING = [
@@ -106,11 +109,18 @@ _TIME_VARYING = [
     (32, 65536, 16),
 ]
 
+# One sequence on one thread, against the order: the cost per sample of the
+# recursion itself, with no batch to spread over threads (BENCHMARKS.md's
+# "One sequence, one thread" section and its figure).
+ORDER_SWEEP_ORDERS = (1, 2, 4, 8, 16, 32, 64)
+ONE_THREAD = "one thread"
+
 FULL_CASES: list[Case] = [
     *_allpole("time-varying", _TIME_VARYING),
     *_allpole("time-invariant", [(1, 2**20, 2), (64, 16384, 8)], time_invariant=True),
     *[Case("linear recurrence", LINEAR_RECURRENCE, B, T, 1) for B, T in [(64, 16384), (1, 2**20)]],
     *_allpole("time-varying float64", _TIME_VARYING, dtype="float64"),
+    *_allpole(ONE_THREAD, [(1, 2**20, N) for N in ORDER_SWEEP_ORDERS], threads=1),
 ]
 
 # Small enough to run in seconds; one case of every kind, awkward sizes included.
@@ -119,6 +129,7 @@ QUICK_CASES: list[Case] = [
     *_allpole("time-invariant", [(2, 513, 3)], time_invariant=True),
     Case("linear recurrence", LINEAR_RECURRENCE, 2, 301, 1),
     *_allpole("time-varying float64", [(2, 300, 2)], dtype="float64"),
+    *_allpole(ONE_THREAD, [(1, 4099, 8)], threads=1),
 ]
 
 

@@ -15,6 +15,12 @@ is timed; an implementation that fails the check is not timed on that case. Then
 implementations are timed in turns, a few calls each per round, the order rotating
 between rounds, so that noise on a shared machine falls on all of them alike.
 
+Cases with a thread count of their own (``Case.threads``: the one-sequence order
+sweep, one thread) run in workers started with it, beside that many threads' copy
+bandwidth. At the end, fresh processes time the first forward and backward with
+numba's disk cache empty and then warm (``measure_first_calls``;
+``--no-first-calls`` skips them).
+
 ``--device cuda`` runs the GPU cases instead (``cases.GPU_CASES``) against torchlpc
 0.7.2's CUDA kernels, philtorch and ``torchaudio.functional.lfilter``, with the peers
 from the environment of benchmarks/gpu_peers.sh; benchmarks/gpu_run.sh does all of it
@@ -92,7 +98,7 @@ class Worker:
             # Nothing from our checkout may shadow the peers' packages.
             env.pop("PYTHONPATH", None)
         env.update(extra_env or {})
-        suffix = "-memory" if extra_env else ""
+        suffix = ("-memory" if extra_env else "") + f"-{threads}threads"
         self.log_path = log_dir / f"{impl}{suffix}.log"
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -399,6 +405,71 @@ def measure_bandwidth(worker: Worker, args) -> dict:
     }
 
 
+# The first calls of a fresh process: numba's disk cache empty, then warm.
+FIRST_CALL_SHAPE = (4, 16000)
+FIRST_CALL_KINDS = [("float32", n) for n in (1, 2, 4, 16)] + [("float64", 2), ("float64", 16)]
+FIRST_CALL_MODES = ("wait", "background")  # TORCHLPC_CPU_COMPILE
+_FIRST_CALL_SCRIPT = """
+import json, sys, time
+started = time.perf_counter()
+import torch
+import torchlpc
+imported = time.perf_counter() - started
+# torch's own first backward imports sympy (0.6 s here): paid by every torch user,
+# so paid before the clock starts.
+(torch.ones(2, requires_grad=True) * 2).sum().backward()
+B, T, N, dtype = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), getattr(torch, sys.argv[4])
+generator = torch.Generator().manual_seed(0)
+x = torch.randn(B, T, dtype=dtype, generator=generator, requires_grad=True)
+# sum |A| < 0.9: a stable filter at every step.
+A = ((torch.rand(B, T, N, dtype=dtype, generator=generator) - 0.5) * (1.8 / N)).requires_grad_()
+zi = torch.zeros(B, N, dtype=dtype, requires_grad=True)
+first = time.perf_counter()
+y = torchlpc.sample_wise_lpc(x, A, zi)
+forward = time.perf_counter() - first
+first = time.perf_counter()
+y.backward(torch.ones_like(y))
+backward = time.perf_counter() - first
+print(json.dumps(dict(import_s=imported, forward_s=forward, backward_s=backward)))
+"""
+
+
+def measure_first_calls(args) -> dict:
+    """Times of the first forward and backward in fresh processes, for each kind in
+    FIRST_CALL_KINDS and each compile mode: with numba's cache empty, then warm (a
+    second process on the same cache). What a new environment pays before training."""
+    B, T = (2, 300) if args.quick else FIRST_CALL_SHAPE
+    kinds = FIRST_CALL_KINDS[1:2] if args.quick else FIRST_CALL_KINDS
+    runs = []
+    for dtype, N in kinds:
+        for mode in FIRST_CALL_MODES:
+            with tempfile.TemporaryDirectory(prefix="torchlpc-numba-cache-") as cache:
+                env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHLPC_")}
+                env.update(
+                    NUMBA_CACHE_DIR=cache,
+                    TORCHLPC_CPU_COMPILE=mode,
+                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+                )
+                for state in ("empty", "warm"):
+                    run = {"dtype": dtype, "N": N, "mode": mode, "cache": state}
+                    try:
+                        out = subprocess.run(
+                            [sys.executable, "-c", _FIRST_CALL_SCRIPT, str(B), str(T), str(N), dtype],
+                            env=env, cwd=cache, capture_output=True, text=True, timeout=600,
+                            check=True,
+                        ).stdout
+                        run.update(json.loads(out.strip().splitlines()[-1]))
+                    except (subprocess.SubprocessError, ValueError) as error:
+                        run["error"] = str(error)[-500:]
+                    runs.append(run)
+            shown = ", ".join(
+                f"{r['cache']} {r['forward_s'] + r['backward_s']:.2f} s" if "forward_s" in r
+                else f"{r['cache']} failed" for r in runs[-2:]
+            )
+            print(f"first calls {dtype} N={N} {mode}: {shown}", flush=True)
+    return {"shape": [B, T], "runs": runs}
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -426,6 +497,11 @@ def _parse(argv):
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--no-peers", action="store_true", help="measure ours (and scipy) only")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--no-first-calls",
+        action="store_true",
+        help="skip the first-call times of fresh processes (empty and warm numba cache)",
+    )
     parser.add_argument(
         "--peers-python",
         type=Path,
@@ -642,9 +718,29 @@ def main(argv=None) -> int:
 
     bandwidth = [measure_bandwidth(workers["torchlpc"], args)]
     print(f"copy bandwidth {bandwidth[0]['bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
+    # Cases with a thread count of their own (case.threads) run in workers started
+    # for it, with the copy bandwidth of that many threads measured beside them.
+    pools = {args.threads: (workers, args)}
+    bandwidth_of_pool: dict[int, list] = {}
+
+    def pool_for(case: Case) -> tuple[dict, argparse.Namespace]:
+        threads = case.threads or args.threads
+        if threads not in pools:
+            pool_args = argparse.Namespace(**{**vars(args), "threads": threads})
+            started_workers, _, reasons = _start_workers(list(workers), pool_args, log_dir)
+            unavailable.update({f"{impl} ({threads} threads)": r for impl, r in reasons.items()})
+            pools[threads] = (started_workers, pool_args)
+            if "torchlpc" in started_workers:
+                bandwidth_of_pool[threads] = [measure_bandwidth(started_workers["torchlpc"], pool_args)]
+                print(f"copy bandwidth, {threads} threads: "
+                      f"{bandwidth_of_pool[threads][0]['bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
+        return pools[threads]
+    first_calls = None
 
     case_results, skipped = [], []
-    load = ForeignLoad(lambda: [*workers.values(), *memory_workers.values()])
+    load = ForeignLoad(
+        lambda: [*(w for pool, _ in pools.values() for w in pool.values()), *memory_workers.values()]
+    )
 
     def document(final: bool) -> dict:
         finished = datetime.datetime.now(datetime.timezone.utc)
@@ -662,7 +758,12 @@ def main(argv=None) -> int:
             "bandwidth": {
                 "runs": bandwidth,
                 "bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
-                "method": "torch copy_ of a float32 tensor, 2 threads; bytes = read + write",
+                "method": f"torch copy_ of a float32 tensor, {args.threads} threads; "
+                "bytes = read + write",
+                "by_threads": {
+                    str(threads): {"runs": runs, "bytes_per_s": max(r["bytes_per_s"] for r in runs)}
+                    for threads, runs in bandwidth_of_pool.items()
+                },
             },
             "implementations": {
                 impl: {
@@ -675,6 +776,8 @@ def main(argv=None) -> int:
             "check": {"batch": 2, "samples": 256, "tolerance": CHECK_TOLERANCE},
             "cases": case_results,
         }
+        if first_calls is not None:
+            doc["first_calls"] = first_calls
         if args.gpu_cases:
             doc["device"] = {**facts["torchlpc"].get("device", {}), "type": args.device}
             doc["bandwidth"]["method"] = (
@@ -696,8 +799,11 @@ def main(argv=None) -> int:
             print(f"{case.name}  skipped: the time limit of {args.time_limit:g} s is spent",
                   flush=True)
             continue
-        print(f"{case.name}  (B={case.B}, T={case.T}, N={case.N}, {case.dtype})", flush=True)
-        _replace_dead_workers(workers, unavailable, args, log_dir)
+        threads = f", {case.threads} thread(s)" if case.threads else ""
+        print(f"{case.name}  (B={case.B}, T={case.T}, N={case.N}, {case.dtype}{threads})",
+              flush=True)
+        workers, case_args = pool_for(case)
+        _replace_dead_workers(workers, unavailable, case_args, log_dir)
         if args.wait_quiet:
             before = load.wait_for_quiet(args.wait_quiet)
             if before is not None and before >= 0.25:
@@ -730,7 +836,7 @@ def main(argv=None) -> int:
         for mode in MODES:
             if not ready[mode]:
                 continue
-            results = time_mode(ready[mode], mode, args)
+            results = time_mode(ready[mode], mode, case_args)
             for impl, result in results.items():
                 device_memory = result.pop("device_memory", None)
                 per_impl[impl][mode] = result
@@ -742,7 +848,7 @@ def main(argv=None) -> int:
                 worker.request("release")
             except WorkerError as error:
                 per_impl[impl].setdefault("error", str(error))
-        if not args.no_memory and not args.gpu_cases:
+        if not args.no_memory and not args.gpu_cases and not case.threads:
             measure_memory(case, per_impl, memory_workers, unavailable, args, log_dir)
         elif args.device == "cuda":
             ours = per_impl.get("torchlpc", {}).get("memory", {})
@@ -770,9 +876,17 @@ def main(argv=None) -> int:
             # Kept after every case: a run stopped from outside still leaves its cases.
             (args.out / f"{stamp}{suffix}.json").write_text(json.dumps(document(False), indent=1))
 
+    workers = pools[args.threads][0]
     bandwidth.append(measure_bandwidth(workers["torchlpc"], args))
-    for worker in [*workers.values(), *memory_workers.values()]:
+    for threads, (pool, pool_args) in pools.items():
+        if threads in bandwidth_of_pool and "torchlpc" in pool:
+            bandwidth_of_pool[threads].append(measure_bandwidth(pool["torchlpc"], pool_args))
+        for worker in pool.values():
+            worker.close()
+    for worker in memory_workers.values():
         worker.close()
+    if not args.gpu_cases and not args.no_first_calls:
+        first_calls = measure_first_calls(args)
 
     shutil.rmtree(check_dir, ignore_errors=True)
     text = json.dumps(document(True), indent=1)

@@ -45,11 +45,18 @@ def check(out: Path) -> list[str]:
         for mode in ("forward", "backward"):
             if "median_ms" not in ours.get(mode, {}):
                 problems.append(f"{case['name']}: torchlpc has no {mode} time ({ours.get(mode)})")
-        if "peak_bytes" not in ours.get("memory", {}):
+        # The cases with a thread count of their own (the order sweep) have no memory pass.
+        if not case.get("threads") and "peak_bytes" not in ours.get("memory", {}):
             problems.append(f"{case['name']}: torchlpc has no peak memory ({ours.get('memory')})")
+    if "1" not in data["bandwidth"].get("by_threads", {}):
+        problems.append("no copy bandwidth of one thread beside the one-thread case")
+    runs = data.get("first_calls", {}).get("runs", [])
+    if not runs or any("forward_s" not in run for run in runs):
+        problems.append(f"first calls not measured in fresh processes: {runs}")
     markdown = (out / "BENCHMARKS.md").read_text()
-    if "| case | torchlpc ms (median) |" not in markdown:
-        problems.append("BENCHMARKS.md has no timing table")
+    for heading in ("| case | torchlpc ms (median) |", "## One sequence, one thread", "## First calls"):
+        if heading not in markdown:
+            problems.append(f"BENCHMARKS.md has no {heading!r}")
     return problems
 
 
