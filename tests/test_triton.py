@@ -672,7 +672,7 @@ def test_automatic_choice_takes_the_chunked_path_beyond_the_largest_order(monkey
     from torchlpc import _dispatch
 
     monkeypatch.delenv("TORCHLPC_BACKEND", raising=False)
-    monkeypatch.setattr(_dispatch, "select_backend", lambda device, dtype=None: "triton")
+    monkeypatch.setattr(_dispatch, "select_backend", lambda device, dtype=None, forced=None: "triton")
     ran = []
     for name in ("triton", "chunked"):
         module = _dispatch._kernels(name)

@@ -64,9 +64,16 @@ def _why_unusable(
     raise AssertionError(backend)
 
 
-def select_backend(device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """The backend that runs an op on tensors of ``device`` and ``dtype``."""
-    forced = requested_backend()
+_FROM_ENVIRONMENT = object()
+
+
+def select_backend(
+    device: torch.device, dtype: torch.dtype | None = None, forced=_FROM_ENVIRONMENT
+) -> str:
+    """The backend that runs an op on tensors of ``device`` and ``dtype``; ``forced``
+    is what requested_backend() returned, read here when not given."""
+    if forced is _FROM_ENVIRONMENT:
+        forced = requested_backend()
     if forced is not None:
         reason = _why_unusable(forced, device, dtype)
         if reason is not None:
@@ -108,11 +115,13 @@ def _copies_shared_rows(backend: str, A: Tensor) -> bool:
     return backend == "triton" or A.shape[1] == 1
 
 
-def numba_ready(op: str, x: Tensor, A: Tensor | None = None) -> bool:
+def numba_ready(op: str, x: Tensor, A: Tensor | None = None, forced=_FROM_ENVIRONMENT) -> bool:
     """Whether the numba kernels of this call are compiled, or may be compiled by
     it: always when the backend is forced, else once a background preparation is
     done (see :mod:`torchlpc.kernels.cpu_compile`)."""
-    if requested_backend() == "numba":
+    if forced is _FROM_ENVIRONMENT:
+        forced = requested_backend()
+    if forced == "numba":
         return True
     from .kernels import cpu_compile
 
@@ -125,12 +134,14 @@ def _backend_for(op: str, x: Tensor, A: Tensor) -> str:
     """select_backend, with the chunked path standing in, under automatic choice,
     for numba kernels that are still being compiled and for orders beyond what
     the Triton kernels hold in registers."""
-    backend = select_backend(x.device, x.dtype)
-    if backend == "numba" and not numba_ready(op, x, A):
+    # The environment is read once per call: it is most of the cost of choosing.
+    forced = requested_backend()
+    backend = select_backend(x.device, x.dtype, forced)
+    if backend == "numba" and not numba_ready(op, x, A, forced):
         return "chunked"
     if (
         backend == "triton"
-        and requested_backend() is None
+        and forced is None
         and A.shape[-1] > _kernels("triton").MAX_ORDER
     ):
         return "chunked"

@@ -401,13 +401,21 @@ class _LinearRecurrenceFunction(torch.autograd.Function):
         return linear_recurrence_op(a, drive, _zeros_if_none(dzi, zi))
 
 
+def _numba_runs(x: Tensor) -> bool:
+    """Whether linear_recurrence's own numba kernels take a call on x (the
+    environment read once)."""
+    forced = _dispatch.requested_backend()
+    return _dispatch.select_backend(x.device, x.dtype, forced) == "numba" and _dispatch.numba_ready(
+        "linear_recurrence", x, forced=forced
+    )
+
+
 def linear_recurrence_op(a: Tensor, x: Tensor, zi: Tensor) -> Tensor:
     """``y[t] = a[t] y[t-1] + x[t]`` for a, x ``(B, T)`` with T >= 2 and zi ``(B,)``."""
     if (
         not torch._C._are_functorch_transforms_active()
         and _is_plain_eager(a, x, zi)
-        and _dispatch.select_backend(x.device, x.dtype) == "numba"
-        and _dispatch.numba_ready("linear_recurrence", x)
+        and _numba_runs(x)
     ):
         if _needs_autograd(a, x, zi):
             return _LinearRecurrenceFunction.apply(a, x, zi)

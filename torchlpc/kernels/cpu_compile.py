@@ -72,7 +72,7 @@ def ready(key: Hashable) -> bool:
     on a thread and is not ready until it is done. In ``wait`` mode every kind is
     ready: the call compiles what it needs (after one log line, the first time).
     """
-    waits = mode() == "wait"
+    waits = mode() == "wait"  # first: a misspelt TORCHLPC_CPU_COMPILE raises on every call
     if key in _ready:
         return True
     prepare, what = _plan(key)
