@@ -162,33 +162,55 @@ def _normalised_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return error / scale if scale > 0 else error
 
 
-def check_against_reference(case: Case, saved: dict) -> dict:
-    """Compare a worker's slice output (and gradients) with the reference loop in float64."""
+def _reference_run(case: Case, inputs: dict, dtype) -> tuple[torch.Tensor, dict]:
+    """y and the gradients of the reference loop on ``inputs``, computed in ``dtype``."""
     from torchlpc import reference
 
-    inputs = {k: v.detach().to(torch.float64) for k, v in saved["inputs"].items()}
-    grad_y = inputs.pop("grad_y")
+    grad_y = inputs["grad_y"].detach().to(dtype)
     names = ("a", "x", "zi") if case.op == "linear_recurrence" else ("x", "A", "zi")
-    leaves = {name: inputs[name].clone().requires_grad_() for name in names}
+    leaves = {name: inputs[name].detach().to(dtype).clone().requires_grad_() for name in names}
     if case.op == "linear_recurrence":
         y = reference.linear_recurrence_reference(leaves["a"], leaves["x"], leaves["zi"])
     else:
         y = reference.allpole_reference(leaves["x"], leaves["A"], leaves["zi"])
     y.backward(grad_y)
+    return y.detach(), {name: leaf.grad for name, leaf in leaves.items()}
 
-    dtype = str(saved["y"].dtype).replace("torch.", "")
-    errors = {"y": _normalised_error(saved["y"], y.detach())}
+
+# The check's bound is the dtype's tolerance, or this many times the error of the
+# plain recursion in the implementation's own dtype where that is larger: at high
+# orders the inputs' float32 coefficients make every implementation, the reference
+# loop included, err by more than 1e-4, and the check is there to catch broken
+# code, not the conditioning of the case.
+CHECK_YARDSTICK_FACTOR = 8.0
+
+
+def check_against_reference(case: Case, saved: dict) -> dict:
+    """Compare a worker's slice output (and gradients) with the reference loop in
+    float64; the bound of each is the dtype's tolerance or CHECK_YARDSTICK_FACTOR
+    times the reference loop's own error in the worker's dtype, the larger."""
+    truth_y, truth_grads = _reference_run(case, saved["inputs"], torch.float64)
+    own_dtype = saved["y"].dtype
+    plain_y, plain_grads = _reference_run(case, saved["inputs"], own_dtype)
+
+    dtype = str(own_dtype).replace("torch.", "")
+    errors = {"y": _normalised_error(saved["y"], truth_y)}
+    plain = {"y": _normalised_error(plain_y, truth_y)}
     for name, grad in (saved.get("grads") or {}).items():
-        if grad is None:
-            errors[f"grad_{name}"] = math.inf
-        else:
-            errors[f"grad_{name}"] = _normalised_error(grad, leaves[name].grad)
-    tolerance = CHECK_TOLERANCE[dtype]
-    failed = [name for name, error in errors.items() if not error <= tolerance]
+        errors[f"grad_{name}"] = (
+            math.inf if grad is None else _normalised_error(grad, truth_grads[name])
+        )
+        plain[f"grad_{name}"] = _normalised_error(plain_grads[name], truth_grads[name])
+    bounds = {
+        name: max(CHECK_TOLERANCE[dtype], CHECK_YARDSTICK_FACTOR * plain[name]) for name in errors
+    }
+    failed = [name for name, error in errors.items() if not error <= bounds[name]]
     return {
         "ok": not failed,
         "dtype": dtype,
-        "tolerance": tolerance,
+        "tolerance": CHECK_TOLERANCE[dtype],
+        "bounds": bounds,
+        "plain_recursion_errors": plain,
         "errors": errors,
         "failed": failed,
     }
@@ -773,7 +795,12 @@ def main(argv=None) -> int:
                 }
                 for impl in names
             },
-            "check": {"batch": 2, "samples": 256, "tolerance": CHECK_TOLERANCE},
+            "check": {
+                "batch": 2,
+                "samples": 256,
+                "tolerance": CHECK_TOLERANCE,
+                "yardstick_factor": CHECK_YARDSTICK_FACTOR,
+            },
             "cases": case_results,
         }
         if first_calls is not None:
