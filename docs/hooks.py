@@ -4,10 +4,10 @@ maths rendered to MathML at build time.
 ``BENCHMARKS.md`` and its plot live at the repository root, where
 ``python -m benchmarks.report`` writes them. The page ``performance.md`` holds the
 marker ``<!-- benchmarks -->``; this hook replaces it with the report (its title
-dropped, its headings one level down) and adds the plot to the site as
-``assets/benchmarks/throughput.png``, so both stay in step with the committed
-report without a copy in ``docs/``. Where either file is missing the page says so
-instead.
+dropped, its headings one level down) and adds its plots (``throughput.png``,
+``order-sweep.png``) to the site under ``assets/benchmarks/``, so both stay in step
+with the committed report without a copy in ``docs/``. Where a file is missing the
+page says so instead.
 
 pymdownx.arithmatex (generic mode) leaves each formula as TeX in an element of class
 ``arithmatex``; ``on_page_content`` replaces the TeX with MathML from latex2mathml,
@@ -26,14 +26,18 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "BENCHMARKS.md"
-PLOT = ROOT / "benchmarks" / "results" / "throughput.png"
-PLOT_URI = "assets/benchmarks/throughput.png"
+RESULTS = ROOT / "benchmarks" / "results"
+PLOTS = ("throughput.png", "order-sweep.png")
+PLOT_DIR = "assets/benchmarks"
 MARKER = "<!-- benchmarks -->"
 
 
 def on_files(files, config):
-    if PLOT.is_file():
-        files.append(File.generated(config, PLOT_URI, abs_src_path=str(PLOT)))
+    for name in PLOTS:
+        if (RESULTS / name).is_file():
+            files.append(
+                File.generated(config, f"{PLOT_DIR}/{name}", abs_src_path=str(RESULTS / name))
+            )
     return files
 
 
@@ -46,11 +50,12 @@ def _report() -> str:
     text = "\n".join("#" + line if line.startswith("#") else line for line in lines)
 
     def image(match: re.Match) -> str:
-        if not PLOT.is_file():
-            return "*(The throughput plot has not been generated in this checkout.)*"
-        return f"![{match[1]}]({PLOT_URI})"
+        name = match[2]
+        if name not in PLOTS or not (RESULTS / name).is_file():
+            return f"*(The plot {name} has not been generated in this checkout.)*"
+        return f"![{match[1]}]({PLOT_DIR}/{name})"
 
-    return re.sub(r"!\[([^\]]*)\]\(benchmarks/results/throughput\.png\)", image, text)
+    return re.sub(r"!\[([^\]]*)\]\(benchmarks/results/([\w.-]+\.png)\)", image, text)
 
 
 def on_page_markdown(markdown, page, config, files):
