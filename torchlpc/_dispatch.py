@@ -162,7 +162,7 @@ def allpole(x: Tensor, A: Tensor, zi: Tensor) -> Tensor:
 def _shared_grad_A(grad_x: Tensor, y: Tensor, zi: Tensor) -> Tensor:
     """``grad_A[0, t, i-1] = -sum_b grad_x[b, t] conj(y[b, t-i])``, ``(1, T, N)``,
     one lag at a time: no ``(B, T, N)`` intermediate."""
-    (B, T), N = y.shape, zi.shape[1]
+    T, N = y.shape[1], zi.shape[1]
     padded = torch.cat([zi.flip(-1), y], dim=-1)
     grad_A = grad_x.new_empty(1, T, N)
     for i in range(1, N + 1):
