@@ -183,7 +183,7 @@ class Report:
             else:
                 timing = case["results"][OURS][mode]
                 seconds = ours / 1e3
-                fraction = case["min_bytes"][mode] / seconds / self.bandwidth_for(case)
+                fraction = self._floor_ms(case, mode) / ours
                 spread = f"{(timing['q3_ms'] - timing['q1_ms']) / ours:.0%}"
                 row = [
                     _shape(case),
@@ -309,9 +309,13 @@ class Report:
         ours, theirs = self.time(case, OURS, mode), self.time(case, peer, mode)
         return theirs / ours if ours and theirs else None
 
+    def _floor_ms(self, case: dict, mode: str) -> float:
+        """The least time the case's bytes allow at the copy bandwidth of its threads."""
+        return case["min_bytes"][mode] / self.bandwidth_for(case) * 1e3
+
     def _fraction(self, case: dict, mode: str) -> float | None:
         ours = self.time(case, OURS, mode)
-        return case["min_bytes"][mode] / (ours / 1e3) / self.bandwidth_for(case) if ours else None
+        return self._floor_ms(case, mode) / ours if ours else None
 
     def _memory_ratio(self, case: dict) -> float | None:
         memory = case["results"].get(OURS, {}).get("memory") or {}
@@ -334,6 +338,11 @@ class Report:
         cpp = "torchlpc-0.7.2-cpp"
         rows = []
         cases = self.data["cases"]
+
+        def speedup(measure: str, case: dict, goal: float, peer: str, mode: str) -> tuple:
+            return (measure, case, f"≥ {goal:g}×", self._speedup(case, peer, mode), "x",
+                    self._ceiling(case, peer, mode))
+
         batched = [c for c in cases if not c.get("threads")]
         one_thread = [c for c in cases if c.get("threads") == 1]
         for case in batched:
@@ -351,23 +360,21 @@ class Report:
                 backward = 10.0
             if (case["B"], case["T"], case["N"]) == (16, 44100, 32):
                 backward = 10.0
-            if forward is not None and not invariant:
-                rows.append(("Forward vs 0.7.2 C++", case, f"≥ {forward:g}×",
-                             self._speedup(case, cpp, "forward"), "x"))
-            if invariant and case["B"] >= 8:
-                rows.append((f"Forward vs 0.7.2 C++{label}", case, f"≥ {forward:g}×",
-                             self._speedup(case, cpp, "forward"), "x"))
+            if forward is not None:
+                rows.append(speedup(f"Forward vs 0.7.2 C++{label}", case, forward, cpp, "forward"))
             if backward is not None:
-                rows.append((f"Forward + backward vs 0.7.2 C++{label}", case, f"≥ {backward:g}×",
-                             self._speedup(case, cpp, "backward"), "x"))
+                rows.append(speedup(f"Forward + backward vs 0.7.2 C++{label}", case, backward,
+                                    cpp, "backward"))
         slowest = [
             (self._speedup(c, cpp, m), c, m) for c in cases for m in ("forward", "backward")
             if self._speedup(c, cpp, m) is not None
         ]
         if slowest:
-            value, case, mode = min(slowest, key=lambda row: row[0])
-            rows.append((f"Never slower than 0.7.2 C++: the least speed-up ({_title(mode).lower()})",
-                         case, "≥ 1×", value, "x"))
+            _, case, mode = min(slowest, key=lambda row: row[0])
+            rows.append(speedup(
+                f"Never slower than 0.7.2 C++: the least speed-up ({_title(mode).lower()})",
+                case, 1.0, cpp, mode,
+            ))
         for case in batched:
             varying = case["op"] == "allpole" and not case["time_invariant"]
             shape = (case["B"], case["T"], case["N"])
@@ -377,35 +384,30 @@ class Report:
             if (varying and case["min_bytes"]["forward"] >= 4 * 2**20) or named:
                 for mode in ("forward", "backward"):
                     rows.append((f"{_title(mode)}, of the bandwidth limit", case, "≥ 60%",
-                                 self._fraction(case, mode), "%"))
+                                 self._fraction(case, mode), "%", None))
         for case in one_thread:
             if case["N"] in (8, 16, 32):
                 for mode in ("forward", "backward"):
                     rows.append((f"{_title(mode)}, one thread, of its bandwidth floor", case,
-                                 "≥ 60%", self._fraction(case, mode), "%"))
+                                 "≥ 60%", self._fraction(case, mode), "%", None))
         for case in batched:
             if case["dtype"] == "float32" and self._memory_ratio(case) is not None:
                 rows.append(("Peak memory of forward + backward / necessary", case, "≤ 1.2×",
-                             self._memory_ratio(case), "x"))
+                             self._memory_ratio(case), "x", None))
         for case in (c for c in batched if c["group"] == "time-invariant"):
-            rows.append(("Forward vs scipy.signal.lfilter (float64)", case, "≥ 1×",
-                         self._speedup(case, "scipy", "forward"), "x"))
+            rows.append(speedup("Forward vs scipy.signal.lfilter (float64)", case, 1.0, "scipy",
+                                "forward"))
         for case in (c for c in batched if c["dtype"] == "float64"):
             for mode in ("forward", "backward"):
                 rows.append((f"{_title(mode)}: float64 time / float32 time", case, "≤ 2×",
-                             self._float64_ratio(case, mode), "x"))
+                             self._float64_ratio(case, mode), "x", None))
         for run in self._first_call_runs("wait"):
             goal = "≤ 3 s" if run["cache"] == "empty" else "≤ 0.2 s"
             value = run["forward_s"] + run["backward_s"] if "forward_s" in run else None
             rows.append((f"First forward + backward, fresh process, {run['cache']} numba cache",
-                         f"{run['dtype']}, N = {run['N']}", goal, value, "s"))
+                         f"{run['dtype']}, N = {run['N']}", goal, value, "s", None))
         out = []
-        for measure, case, goal, value, unit in rows:
-            ceiling = None
-            if unit == "x" and not isinstance(case, str) and ("vs" in measure or "than" in measure):
-                peer = cpp if "0.7.2" in measure else "scipy" if "scipy" in measure else None
-                mode = "backward" if "backward" in measure else "forward"
-                ceiling = self._ceiling(case, peer, mode) if peer else None
+        for measure, case, goal, value, unit, ceiling in rows:
             shape = case if isinstance(case, str) else _shape(case) + (
                 ", float64" if case["dtype"] == "float64" else ""
             ) + (", one thread" if case.get("threads") == 1 else "")
@@ -415,10 +417,7 @@ class Report:
     def _ceiling(self, case: dict, peer: str, mode: str) -> float | None:
         """The speed-up over ``peer`` at which we would run at the bandwidth limit."""
         theirs = self.time(case, peer, mode)
-        if not theirs:
-            return None
-        floor_ms = case["min_bytes"][mode] / self.bandwidth_for(case) * 1e3
-        return theirs / floor_ms
+        return theirs / self._floor_ms(case, mode) if theirs else None
 
     def _first_call_runs(self, mode: str) -> list[dict]:
         return [r for r in self.data.get("first_calls", {}).get("runs", []) if r["mode"] == mode]
@@ -502,7 +501,7 @@ class Report:
         for case in cases:
             row = [str(case["N"])]
             for mode in ("forward", "backward"):
-                floor = case["min_bytes"][mode] / bandwidth / case["samples"] * 1e9
+                floor = self._floor_ms(case, mode) * 1e6 / case["samples"]
                 ours = self.time(case, OURS, mode)
                 row.append(f"{floor:.2f}")
                 if ours is None:

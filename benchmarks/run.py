@@ -749,7 +749,9 @@ def main(argv=None) -> int:
         threads = case.threads or args.threads
         if threads not in pools:
             pool_args = argparse.Namespace(**{**vars(args), "threads": threads})
-            started_workers, _, reasons = _start_workers(list(workers), pool_args, log_dir)
+            # The implementations the run's own pool could start.
+            names_here = list(pools[args.threads][0])
+            started_workers, _, reasons = _start_workers(names_here, pool_args, log_dir)
             unavailable.update({f"{impl} ({threads} threads)": r for impl, r in reasons.items()})
             pools[threads] = (started_workers, pool_args)
             if "torchlpc" in started_workers:
