@@ -128,10 +128,32 @@ def train(args) -> None:
 def _spawned(rank: int, world: int, port: int, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    _train_and_leave(args)
+
+
+def _train_and_leave(args) -> None:
+    """Train, then end this rank's process without the interpreter's teardown.
+
+    In torch 2.13 a ``DistributedDataParallel`` keeps the gloo process group alive
+    after ``destroy_process_group``: its worker threads still run when every Python
+    object that used it is gone, and so while the interpreter tears down. About one
+    run in 30 here, a rank was aborted there ("terminate called without an active
+    exception"), after all its work was done and written. So the ranks finish
+    together at a barrier, destroy the group, flush what they printed and leave with
+    ``os._exit``, which skips that teardown.
+    """
+    code = 0
     try:
         train(args)
+        dist.barrier()
+    except SystemExit as failed:  # train's own checks: report, then leave as a failure
+        print(failed, file=sys.stderr)
+        code = 1
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _free_port() -> int:
@@ -147,10 +169,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if "RANK" in os.environ:  # started by torchrun
         dist.init_process_group("gloo")
-        try:
-            train(args)
-        finally:
-            dist.destroy_process_group()
+        _train_and_leave(args)
     else:
         print("not started by torchrun: starting 2 processes")
         mp.spawn(_spawned, args=(2, _free_port(), args), nprocs=2)
