@@ -32,15 +32,25 @@ def _module_available(name: str) -> bool:
 
 def requested_backend() -> str | None:
     """The backend named by ``TORCHLPC_BACKEND``, or None for automatic."""
-    value = os.environ.get(ENV_VARIABLE, "").strip().lower()
+    raw = os.environ.get(ENV_VARIABLE, "")
+    # Read on every call (tests and users change it), parsed once per value.
+    parsed = _parsed_backends.get(raw, _UNPARSED)
+    if parsed is not _UNPARSED:
+        return parsed
+    value = raw.strip().lower()
     if value in ("", "auto"):
-        return None
-    if value not in BACKENDS:
+        value = None
+    elif value not in BACKENDS:
         raise ValueError(
             f"{ENV_VARIABLE}={value!r} is not a backend; expected one of "
             f"{', '.join(BACKENDS)}, or unset/'auto' for automatic selection."
         )
+    _parsed_backends[raw] = value
     return value
+
+
+_UNPARSED = object()
+_parsed_backends: dict[str, str | None] = {}
 
 
 def _why_unusable(
@@ -115,6 +125,20 @@ def _copies_shared_rows(backend: str, A: Tensor) -> bool:
     return backend == "triton" or A.shape[1] == 1
 
 
+_cpu_compile_module = None
+
+
+def _cpu_compile():
+    """:mod:`torchlpc.kernels.cpu_compile`, imported on first use (an import
+    statement on every call costs as much as filtering a short signal)."""
+    global _cpu_compile_module
+    if _cpu_compile_module is None:
+        from .kernels import cpu_compile
+
+        _cpu_compile_module = cpu_compile
+    return _cpu_compile_module
+
+
 def numba_ready(op: str, x: Tensor, A: Tensor | None = None, forced=_FROM_ENVIRONMENT) -> bool:
     """Whether the numba kernels of this call are compiled, or may be compiled by
     it: always when the backend is forced, else once a background preparation is
@@ -123,8 +147,7 @@ def numba_ready(op: str, x: Tensor, A: Tensor | None = None, forced=_FROM_ENVIRO
         forced = requested_backend()
     if forced == "numba":
         return True
-    from .kernels import cpu_compile
-
+    cpu_compile = _cpu_compile()
     if A is None:
         return cpu_compile.ready(cpu_compile.linear_recurrence_key(op, x))
     return cpu_compile.ready(cpu_compile.allpole_key(op, x, A))

@@ -160,7 +160,9 @@ def new_output(shape, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised contiguous CPU tensor, in kept memory when a block is free."""
     global _kept_bytes
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < MIN_BYTES or nbytes > _limit:
+    if nbytes < MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)  # (below huge pages' threshold too)
+    if nbytes > _limit:
         return advise_huge_pages(torch.empty(shape, dtype=dtype))
     with _lock:
         # The smallest free block that holds the output with at most a quarter

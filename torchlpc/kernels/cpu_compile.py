@@ -54,14 +54,27 @@ def mode() -> str:
     default: a call repeated across the end of a compilation runs on two paths and
     differs in its last bits, and torch.autograd.gradcheck (torchlpc 0.7.2's own
     test_grad.py) then reports a backward that is not reentrant."""
-    value = os.environ.get(ENV_VARIABLE, "").strip().lower() or "wait"
+    raw = os.environ.get(ENV_VARIABLE, "")
+    value = _parsed_modes.get(raw)
+    if value is None:
+        value = _parse_mode(raw)
+        _parsed_modes[raw] = value
+    if torch.are_deterministic_algorithms_enabled():
+        return "wait"
+    return value
+
+
+# Each value of the variable parsed once: mode() runs on every call.
+_parsed_modes: dict[str, str] = {}
+
+
+def _parse_mode(raw: str) -> str:
+    value = raw.strip().lower() or "wait"
     if value not in MODES:
         raise ValueError(
             f"{ENV_VARIABLE}={value!r} is not a mode; expected one of {', '.join(MODES)} "
             "(unset means wait)."
         )
-    if torch.are_deterministic_algorithms_enabled():
-        return "wait"
     return value
 
 

@@ -298,19 +298,23 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
     time_invariant = A.shape[1] == 1
     grad_x = output_like(grad_y)
     grad_zi = torch.empty_like(zi, memory_format=torch.contiguous_format)
-    grad_A = A.new_empty((0, 0, 0))
     # Time-varying A gets a (B, T, N) grad_A, time-invariant A a (B, N) sum in
     # double precision; without need_A the kernel gets an empty placeholder, typed
     # like the real thing so that one compiled kernel serves both cases.
     wide = torch.complex128 if A.dtype.is_complex else torch.float64
-    grad_A_rows = np.empty((B, 0, 0), dtype=_NUMPY_DTYPES[A.dtype])
-    grad_a_sums = np.empty((B, 0), dtype=_NUMPY_DTYPES[wide])
-    if need_A and time_invariant:
-        grad_a_wide = torch.zeros(B, N, dtype=wide)
-        grad_a_sums = grad_a_wide.numpy()
+    if time_invariant:
+        grad_A = A.new_empty((0, 0, 0))
+        if need_A:
+            grad_a_wide = torch.zeros(B, N, dtype=wide)
+            grad_A_out = grad_a_wide.numpy()
+        else:
+            grad_A_out = np.empty((B, 0), dtype=_NUMPY_DTYPES[wide])
     elif need_A:
         grad_A = output_like(A)
-        grad_A_rows = grad_A.numpy()
+        grad_A_out = grad_A.numpy()
+    else:
+        grad_A = A.new_empty((0, 0, 0))
+        grad_A_out = np.empty((B, 0, 0), dtype=_NUMPY_DTYPES[A.dtype])
     T = grad_y.shape[1]
     if grad_y.numel() == 0:
         # No time step reaches the state.
@@ -319,16 +323,16 @@ def allpole_vjp(grad_y, A, y, zi, need_A: bool):
         arrays = _array(grad_y), _array(A), _array(y), _array(zi), grad_x.numpy(), grad_zi.numpy()
         grad_y_, A_, y_, zi_, grad_x_, grad_zi_ = arrays
         for b in range(B):
-            # grad_a_sums is (B, N), or (B, 0) without need_A: a row either way.
+            # grad_A_out is (B, N), or (B, 0) without need_A: a row either way.
             _invariant_vjp_over_time(
-                grad_y_[b], A_[b, 0], y_[b], zi_[b], grad_x_[b], grad_a_sums[b], grad_zi_[b],
+                grad_y_[b], A_[b, 0], y_[b], zi_[b], grad_x_[b], grad_A_out[b], grad_zi_[b],
                 need_A,
             )
     else:
         run_over_batch(
             VJP_KERNELS[family_of(N), time_invariant], grad_y.numel() * N,
             _array(grad_y), _array(A), _array(y), _array(zi), grad_x.numpy(),
-            grad_a_sums if time_invariant else grad_A_rows, grad_zi.numpy(), need_A,
+            grad_A_out, grad_zi.numpy(), need_A,
             together=_together(N),
         )
     if need_A and time_invariant:
