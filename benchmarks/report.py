@@ -527,9 +527,9 @@ class Report:
         lines = [
             f"{self.h2} First calls",
             "",
-            f"A fresh process (`python -c`; torch and torchlpc imported and one backward "
-            "through a torch op run first, since torch's own first backward imports sympy) "
-            "runs one "
+            f"A fresh process (`python -c`; torch and torchlpc imported, and one backward "
+            "through a torch op run first with the same kind of output gradient, since "
+            "autograd's first such backward imports sympy, 0.4-0.6 s here) runs one "
             f"`sample_wise_lpc` forward and its backward at ({B}, {T}, N), numba's disk cache "
             "(`NUMBA_CACHE_DIR`) first empty, then warm from that first process. "
             "`TORCHLPC_CPU_COMPILE=wait` is the default: a call waits for its kernels; "
