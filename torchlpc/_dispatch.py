@@ -32,25 +32,21 @@ def _module_available(name: str) -> bool:
 
 def requested_backend() -> str | None:
     """The backend named by ``TORCHLPC_BACKEND``, or None for automatic."""
-    raw = os.environ.get(ENV_VARIABLE, "")
     # Read on every call (tests and users change it), parsed once per value.
-    parsed = _parsed_backends.get(raw, _UNPARSED)
-    if parsed is not _UNPARSED:
-        return parsed
+    return _parse_backend(os.environ.get(ENV_VARIABLE, ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_backend(raw: str) -> str | None:
     value = raw.strip().lower()
     if value in ("", "auto"):
-        value = None
-    elif value not in BACKENDS:
+        return None
+    if value not in BACKENDS:
         raise ValueError(
             f"{ENV_VARIABLE}={value!r} is not a backend; expected one of "
             f"{', '.join(BACKENDS)}, or unset/'auto' for automatic selection."
         )
-    _parsed_backends[raw] = value
     return value
-
-
-_UNPARSED = object()
-_parsed_backends: dict[str, str | None] = {}
 
 
 def _why_unusable(
@@ -101,13 +97,19 @@ _KERNEL_MODULES = {"numba": "cpu_numba", "triton": "cuda_triton", "chunked": "ch
 _loaded: dict[str, object] = {}
 
 
+def _module(name: str):
+    """The module ``torchlpc.kernels.<name>``, imported on first use (an import
+    statement on every call costs as much as filtering a short signal)."""
+    module = _loaded.get(name)
+    if module is None:
+        module = importlib.import_module(f".kernels.{name}", __package__)
+        _loaded[name] = module
+    return module
+
+
 def _kernels(backend: str):
     """The kernel module of a backend, imported on first use."""
-    module = _loaded.get(backend)
-    if module is None:
-        module = importlib.import_module(f".kernels.{_KERNEL_MODULES[backend]}", __package__)
-        _loaded[backend] = module
-    return module
+    return _module(_KERNEL_MODULES[backend])
 
 
 # A of one row, (1, T|1, N), may serve every row of x (B, T). The numba, chunked and
@@ -125,20 +127,6 @@ def _copies_shared_rows(backend: str, A: Tensor) -> bool:
     return backend == "triton" or A.shape[1] == 1
 
 
-_cpu_compile_module = None
-
-
-def _cpu_compile():
-    """:mod:`torchlpc.kernels.cpu_compile`, imported on first use (an import
-    statement on every call costs as much as filtering a short signal)."""
-    global _cpu_compile_module
-    if _cpu_compile_module is None:
-        from .kernels import cpu_compile
-
-        _cpu_compile_module = cpu_compile
-    return _cpu_compile_module
-
-
 def numba_ready(op: str, x: Tensor, A: Tensor | None = None, forced=_FROM_ENVIRONMENT) -> bool:
     """Whether the numba kernels of this call are compiled, or may be compiled by
     it: always when the backend is forced, else once a background preparation is
@@ -147,7 +135,7 @@ def numba_ready(op: str, x: Tensor, A: Tensor | None = None, forced=_FROM_ENVIRO
         forced = requested_backend()
     if forced == "numba":
         return True
-    cpu_compile = _cpu_compile()
+    cpu_compile = _module("cpu_compile")
     if A is None:
         return cpu_compile.ready(cpu_compile.linear_recurrence_key(op, x))
     return cpu_compile.ready(cpu_compile.allpole_key(op, x, A))

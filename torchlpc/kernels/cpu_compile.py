@@ -25,6 +25,7 @@ was compiled reaches the disk cache.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -54,20 +55,14 @@ def mode() -> str:
     default: a call repeated across the end of a compilation runs on two paths and
     differs in its last bits, and torch.autograd.gradcheck (torchlpc 0.7.2's own
     test_grad.py) then reports a backward that is not reentrant."""
-    raw = os.environ.get(ENV_VARIABLE, "")
-    value = _parsed_modes.get(raw)
-    if value is None:
-        value = _parse_mode(raw)
-        _parsed_modes[raw] = value
+    # Read on every call (mode() runs on every call), parsed once per value.
+    value = _parse_mode(os.environ.get(ENV_VARIABLE, ""))
     if torch.are_deterministic_algorithms_enabled():
         return "wait"
     return value
 
 
-# Each value of the variable parsed once: mode() runs on every call.
-_parsed_modes: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _parse_mode(raw: str) -> str:
     value = raw.strip().lower() or "wait"
     if value not in MODES:
